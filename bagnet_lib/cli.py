@@ -1,0 +1,150 @@
+"""`python -m bagnet_lib …`: data download|audit|split|synthetic, train, cache-logits, sweep, reproduce.
+
+A user error exits with status 2 and a one-paragraph message, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+from .profiles import PROFILES
+
+
+def _add_run_args(p: argparse.ArgumentParser, profile_required: bool = False) -> None:
+    p.add_argument("--run-dir", required=True, help="run directory (created if missing)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None if profile_required else "cpu",
+                   required=profile_required, help="settings of the run (default: cpu)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $BAGNET_DATA, then ./data/flowers)")
+    p.add_argument("--manifest", default=None, help="use this path,split CSV instead of a new split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bagnet_lib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="get, check and split a dataset").add_subparsers(dest="data_command", required=True)
+    d = data.add_parser("download", help="download TensorFlow's flower_photos (needs internet)")
+    d.add_argument("--dest", default="data/flowers")
+    d.add_argument("--url", default=None)
+    d.add_argument("--timeout", type=float, default=10.0)
+    a = data.add_parser("audit", help="list every problem file (non-images, unreadable, duplicates, label conflicts)")
+    a.add_argument("--data-dir", default=None)
+    a.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress on stderr)")
+    s = data.add_parser("split", help="write a train/val/test split CSV")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--out", required=True)
+    s.add_argument("--manifest", default=None, help="take the split from this path,split CSV")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--keep-conflicts", action="store_true", help="keep duplicate groups filed under several classes")
+    g = data.add_parser("synthetic", help="generate the embedded synthetic flowers dataset")
+    g.add_argument("--out", default="data/synthetic")
+    g.add_argument("--n-per-class", type=int, default=240)
+    g.add_argument("--image-size", type=int, default=128)
+    g.add_argument("--seed", type=int, default=0)
+
+    t = sub.add_parser("train", help="train one model in a run directory (resumes if interrupted)")
+    t.add_argument("--model", required=True, help="resnet50, bagnet9, bagnet17 or bagnet33")
+    _add_run_args(t)
+    c = sub.add_parser("cache-logits", help="store a trained model's patch logits for one split")
+    c.add_argument("--model", default="bagnet33")
+    c.add_argument("--split", default="test", choices=["train", "val", "test"])
+    _add_run_args(c)
+    w = sub.add_parser("sweep", help="evaluate blackout masks × aggregations on cached patch logits")
+    w.add_argument("--model", default="bagnet33")
+    w.add_argument("--kinds", nargs="+", default=["random", "checkerboard", "raster"])
+    w.add_argument("--drop-fracs", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    w.add_argument("--seeds", type=int, default=30, help="number of random masks per setting")
+    w.add_argument("--aggregations", nargs="+", default=["mean", "zero"])
+    w.add_argument("--out", default=None, help="CSV path (default RUN_DIR/results/sweep.csv)")
+    _add_run_args(w)
+    r = sub.add_parser("reproduce", help="the whole experiment: split, train both models, blackout, report")
+    _add_run_args(r)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    progress = not getattr(args, "no_progress", False)
+    if args.command == "data":
+        return _data(args)
+    from . import pipeline
+    from .models import MODEL_NAMES
+
+    if getattr(args, "model", None) is not None and args.model not in MODEL_NAMES:
+        raise UserError(f"Unknown model {args.model!r}. Available: {', '.join(MODEL_NAMES)}.")
+    if args.command == "reproduce":
+        pipeline.reproduce(args.run_dir, args.profile, args.data_dir, args.manifest, args.seed, progress)
+        return 0
+    run = pipeline.prepare_run(args.run_dir, args.profile, args.data_dir, args.manifest, args.seed, progress=progress)
+    run.results.mkdir(parents=True, exist_ok=True)
+    if args.command == "train":
+        m = pipeline.train_step(run, args.model, progress)
+        print(f"{args.model}: best epoch {m['best_epoch']}, test acc {m['test']['acc']:.3f} "
+              f"[{m['test']['acc_ci'][0]:.3f}, {m['test']['acc_ci'][1]:.3f}], test loss {m['test']['loss']:.3f}")
+    elif args.command == "cache-logits":
+        cache = pipeline.cache_step(run, args.model, args.split, progress)
+        print(f"cached patch logits {tuple(cache.patch_logits.shape)} for {args.split} in {run.run_dir / 'cache'}")
+    elif args.command == "sweep":
+        from .experiments import summarize_sweep, sweep
+
+        cache = pipeline.cache_step(run, args.model, "test", progress)
+        df = sweep(cache, args.kinds, args.drop_fracs, range(args.seeds), args.aggregations)
+        out = Path(args.out) if args.out else run.results / "sweep.csv"
+        df.to_csv(out, index=False)
+        print(summarize_sweep(df).drop(columns=["acc_std"]).to_string(index=False))
+        print(f"{len(df)} configurations written to {out}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .data.folder import resolve_data_dir
+
+    if args.data_command == "download":
+        from .data.download import FLOWER_PHOTOS_URL, download_flowers
+
+        dest = download_flowers(args.dest, url=args.url or FLOWER_PHOTOS_URL, timeout=args.timeout)
+        print(f"flowers ready in {dest}; use it with BAGNET_DATA={dest} or --data-dir {dest}")
+    elif args.data_command == "audit":
+        from .data.audit import audit_dataset
+
+        report = audit_dataset(resolve_data_dir(args.data_dir), progress=not args.json or sys.stderr.isatty())
+        if args.json:
+            print(json.dumps(report.to_json(), indent=2))
+        else:
+            print(report.format_text())
+    elif args.data_command == "split":
+        from .data.split import make_split, read_manifest, write_split
+
+        root = resolve_data_dir(args.data_dir)
+        df = read_manifest(root, args.manifest) if args.manifest else make_split(
+            root, seed=args.seed, keep_conflicts=args.keep_conflicts)
+        write_split(df, args.out)
+        counts = df.groupby(["label", "split"]).size().unstack(fill_value=0)
+        print(counts.to_string())
+        print(f"split of {len(df)} images written to {args.out}")
+    elif args.data_command == "synthetic":
+        from .data.synthetic import generate_synthetic_dataset
+
+        out = generate_synthetic_dataset(args.out, args.n_per_class, args.image_size, args.seed)
+        print(f"synthetic dataset in {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

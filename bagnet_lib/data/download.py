@@ -1,0 +1,265 @@
+"""Download TensorFlow's public `flower_photos.tgz` and lay it out like the Kaggle flowers.
+
+Introduced in notebook 01. The archive (3,670 JPEGs in `flower_photos/<plural class>/*.jpg` plus
+`flower_photos/LICENSE.txt`) is streamed to a temporary file next to `dest`, checked against its
+SHA-256 *before* anything is extracted, extracted safely (no absolute paths, no `..`, no links or
+devices) into a temporary folder next to `dest` with the Kaggle class names (`roses` -> `rose`, ...),
+and only then renamed onto `dest`. An interrupted or failed run therefore never leaves half a
+dataset at `dest`, and nothing the user already had is deleted.
+
+Offline machines get a `UserError` at once, naming the alternatives (a Kaggle copy via
+`$BAGNET_DATA`, or the embedded synthetic dataset).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path, PurePosixPath
+
+from ..errors import UserError
+from .folder import FLOWER_CLASSES, class_names
+from .images import is_image_name
+
+__all__ = [
+    "ARCHIVE_CLASS_NAMES",
+    "FLOWER_PHOTOS_BYTES",
+    "FLOWER_PHOTOS_SHA256",
+    "FLOWER_PHOTOS_URL",
+    "download_flowers",
+    "has_dataset",
+]
+
+FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
+# The real checksum, not a placeholder. Source: TensorFlow Datasets' own checksum record,
+# tensorflow/datasets `tensorflow_datasets/url_checksums/tf_flowers.txt` (commit 333639b3...), line
+# "http://download.tensorflow.org/example_images/flower_photos.tgz 228813984 4c54ace7...595d9c".
+# Several unrelated public projects (Yocto/meta-tensorflow recipe, Coral retrain scripts, dataset
+# loaders) pin the same value, so it is the archive at this URL, which has not changed since 2016.
+FLOWER_PHOTOS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
+FLOWER_PHOTOS_BYTES = 228_813_984  # same source; used for the progress bar when no Content-Length
+
+# Archive folder name -> Kaggle class name (the names the rest of the project uses).
+ARCHIVE_CLASS_NAMES = {
+    "daisy": "daisy",
+    "dandelion": "dandelion",
+    "roses": "rose",
+    "sunflowers": "sunflower",
+    "tulips": "tulip",
+}
+assert sorted(ARCHIVE_CLASS_NAMES.values()) == sorted(FLOWER_CLASSES)
+
+_CHUNK = 1 << 20
+
+_ALTERNATIVES = (
+    "Alternatives that need no download from here: download the Kaggle 'Flowers Recognition' dataset "
+    "(alxmamaev/flowers-recognition) on a machine with internet, copy it over and set BAGNET_DATA to its "
+    "folder that holds daisy/, dandelion/, rose/, sunflower/ and tulip/ (e.g. BAGNET_DATA=../shared/data/flowers); "
+    "or make the embedded synthetic dataset with `python -m bagnet_lib data synthetic --out data/synthetic` "
+    "and pass --data-dir data/synthetic."
+)
+
+
+def has_dataset(path: str | Path) -> bool:
+    """True if `path` holds at least one class folder with at least one image file in it."""
+    path = Path(path)
+    for cls in class_names(path):
+        for _dirpath, dirnames, filenames in os.walk(path / cls, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            if any(is_image_name(name) for name in filenames):
+                return True
+    return False
+
+
+def download_flowers(
+    dest: str | Path = "data/flowers",
+    url: str = FLOWER_PHOTOS_URL,
+    sha256: str | None = FLOWER_PHOTOS_SHA256,
+    timeout: float = 10.0,
+    progress: bool = True,
+) -> Path:
+    """Download, verify and extract `flower_photos.tgz` into `dest/<class>/<image>.jpg`; return `dest`.
+
+    Idempotent: if `dest` already holds class folders with images, nothing is downloaded. `dest` must
+    otherwise be absent or an empty folder (anything else is a `UserError`; nothing is deleted).
+    `url` may be `http(s)://` or `file://`. `sha256=None` skips the checksum (not recommended).
+    `timeout` (seconds) bounds the connection and every read, so an offline machine fails fast.
+    """
+    dest = Path(dest)
+    if has_dataset(dest):
+        return dest
+    requested = dest
+    if dest.is_symlink():  # a link to an (empty) folder elsewhere: install there, keep the link
+        dest = Path(os.path.realpath(dest))
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserError(
+            f"Cannot download the flowers dataset into {dest.resolve()}: it already exists and is not an "
+            "empty folder, but holds no class folders with images. Nothing was changed. Pass another "
+            "destination, or move that folder's contents away and run the download again."
+        )
+    parent = dest.parent
+    parent.mkdir(parents=True, exist_ok=True)
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tgz.part", dir=parent)
+    archive = Path(tmp_name)
+    extract_dir: Path | None = None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            actual = _fetch(url, out, timeout=timeout, progress=progress)
+        if sha256 is not None and actual != sha256.strip().lower():
+            archive.unlink(missing_ok=True)
+            raise UserError(
+                f"The file downloaded from {url} does not have the expected SHA-256 checksum "
+                f"(expected {sha256.strip().lower()}, got {actual}), so it was deleted and nothing was "
+                f"extracted into {dest}. The download was probably corrupted or intercepted (a proxy or "
+                "captive portal page): run the download again. " + _ALTERNATIVES
+            )
+        extract_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=parent))
+        n = _extract(archive, extract_dir, url=url, progress=progress)
+        if n == 0:
+            raise UserError(
+                f"The archive from {url} holds no images under flower_photos/<class>/ for the classes "
+                f"{', '.join(sorted(ARCHIVE_CLASS_NAMES))}, so nothing was installed at {dest}. Check the URL; "
+                + _ALTERNATIVES
+            )
+        _publish(extract_dir, dest)
+        extract_dir = None  # now it is dest
+    finally:
+        archive.unlink(missing_ok=True)
+        if extract_dir is not None and extract_dir.exists():
+            shutil.rmtree(extract_dir, ignore_errors=True)
+    return requested
+
+
+def _fetch(url: str, out, *, timeout: float, progress: bool) -> str:
+    """Stream `url` into the open binary file `out`; return the SHA-256 hex digest of what was read."""
+    from tqdm.auto import tqdm
+
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http/https/file only)
+            length = resp.headers.get("Content-Length") if resp.headers else None
+            total = int(length) if length and length.isdigit() else None
+            if total is None and url == FLOWER_PHOTOS_URL:
+                total = FLOWER_PHOTOS_BYTES
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc="flower_photos.tgz", disable=not progress) as bar:
+                while True:
+                    chunk = resp.read(_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as exc:
+        raise UserError(_download_failed(url, f"the server answered HTTP {exc.code} {exc.reason}")) from exc
+    except urllib.error.URLError as exc:
+        raise UserError(_download_failed(url, _reason(exc.reason))) from exc
+    except (TimeoutError, OSError, ValueError) as exc:  # socket timeouts, resets, bad URL schemes
+        raise UserError(_download_failed(url, _reason(exc))) from exc
+    return digest.hexdigest()
+
+
+def _reason(exc: object) -> str:
+    import socket
+
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "timeout":
+        return "the connection timed out (no answer; this machine is probably offline)"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"the connection was refused ({exc})"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name could not be resolved ({exc}; no internet or no DNS on this machine)"
+    return str(exc) or type(exc).__name__
+
+
+def _download_failed(url: str, why: str) -> str:
+    return f"Downloading the flowers dataset from {url} failed: {why}. Nothing was installed. " + _ALTERNATIVES
+
+
+def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
+    """Why extracting `member` would be unsafe, or None if it is a plain file or folder inside the root."""
+    name = member.name
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if name.startswith(("/", "\\")) or posix.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in posix.parts:
+        return "path with '..'"
+    if member.issym() or member.islnk():
+        return "link"
+    if not (member.isfile() or member.isdir()):
+        return "special file (device, fifo, ...)"
+    return None
+
+
+def _target_name(member: tarfile.TarInfo) -> str | None:
+    """`flower_photos/roses/x.jpg` -> `rose/x.jpg`; None for anything that is not a class image."""
+    if not member.isfile():
+        return None
+    parts = [p for p in PurePosixPath(member.name).parts if p not in ("", ".")]
+    if len(parts) >= 3 and parts[0] == "flower_photos":  # tolerate archives without the top folder too
+        parts = parts[1:]
+    if len(parts) != 2 or parts[0] not in ARCHIVE_CLASS_NAMES or not is_image_name(parts[1]):
+        return None
+    return f"{ARCHIVE_CLASS_NAMES[parts[0]]}/{parts[1]}"
+
+
+def _extract(archive: Path, into: Path, *, url: str, progress: bool) -> int:
+    """Extract the class images of `archive` into `into/<class>/`; return how many were extracted."""
+    from tqdm.auto import tqdm
+
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for m in members:  # refuse the whole archive if any member is unsafe, before writing anything
+                why = _unsafe_reason(m)
+                if why is not None:
+                    raise UserError(
+                        f"The archive downloaded from {url} contains an unsafe member {m.name!r} ({why}); "
+                        "refusing to extract anything from it. Nothing was installed. Check that the URL "
+                        "points at TensorFlow's flower_photos.tgz. " + _ALTERNATIVES
+                    )
+            selected: list[tarfile.TarInfo] = []
+            for m in members:
+                target = _target_name(m)
+                if target is not None:
+                    selected.append(m.replace(name=target, mode=0o644) if hasattr(m, "replace")
+                                    else _renamed(m, target))
+            for cls in sorted({s.name.split("/")[0] for s in selected}):
+                (into / cls).mkdir()
+            data_filter = getattr(tarfile, "data_filter", None)
+            for m in tqdm(selected, desc="extracting", unit="img", disable=not progress):
+                if data_filter is not None:
+                    tar.extract(m, into, filter="data")
+                else:  # Python without extraction filters: members were validated above
+                    tar.extract(m, into)
+            return len(selected)
+    except UserError:
+        raise
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UserError(
+            f"The archive downloaded from {url} could not be extracted ({exc}); nothing was installed. "
+            "Run the download again. " + _ALTERNATIVES
+        ) from exc
+
+
+def _renamed(member: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
+    import copy
+
+    new = copy.copy(member)
+    new.name = name
+    new.mode = 0o644
+    return new
+
+
+def _publish(extract_dir: Path, dest: Path) -> None:
+    """Move the finished extraction onto `dest` (absent or an empty folder) with one rename."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(extract_dir, 0o777 & ~umask)
+    if dest.is_dir() and not dest.is_symlink():
+        dest.rmdir()  # only ever empty here (checked before downloading); fails loudly otherwise
+    os.rename(extract_dir, dest)

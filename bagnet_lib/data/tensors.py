@@ -1,0 +1,180 @@
+"""Decode once, augment tensors: the input pipeline.
+
+Introduced in notebook 02. The paper's pipeline decoded every JPEG with PIL on every epoch. Here
+each image is decoded once into a uint8 tensor whose shorter side is the profile's base size, kept
+in memory and in an on-disk cache in the run directory (keyed by file content and base size, so an
+edited file is decoded again). Augmentation works on those tensors (torchvision.transforms.v2
+functional ops) with an explicit random generator, so an epoch is reproducible from (seed, epoch)
+alone, which is what makes resumed training identical to uninterrupted training.
+
+Transforms as in the paper: train RandomResizedCrop(size) + horizontal flip; eval Resize(size) +
+CenterCrop(size); ImageNet mean/std; always RGB with EXIF orientation applied.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..io import atomic_write
+from .images import UnreadableImage, load_rgb
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def base_size_for(image_size: int) -> int:
+    """Shorter side of the decoded cache: image_size·256/224, as in Resize(256) → crop 224."""
+    return int(math.ceil(image_size * 256 / 224))
+
+
+@dataclass
+class ImageTensors:
+    """A decoded split: uint8 images [3, h, w] (shorter side = base size), labels and file paths."""
+
+    images: list[Tensor]
+    labels: Tensor
+    paths: list[str]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _content_key(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _decode(path: Path, base: int) -> Tensor:
+    img = load_rgb(path)
+    t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+    return TF.resize(t, [base], antialias=True) if min(t.shape[-2:]) != base else t
+
+
+def decode_images(root: str | Path, paths: Sequence[str], base: int, cache_file: str | Path | None = None,
+                  progress: bool = True) -> list[Tensor]:
+    """uint8 tensors for `paths` (relative to `root`), from `cache_file` where the content matches.
+
+    A file that cannot be decoded raises `UserError` naming it; the split step excludes unreadable
+    files beforehand, so this only happens when a file changed after the split was written.
+    """
+    root = Path(root)
+    cache: dict[str, Tensor] = {}
+    if cache_file is not None and Path(cache_file).is_file():
+        try:
+            cache = torch.load(cache_file, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged cache is only a cache: decode again
+            cache = {}
+    out: list[Tensor] = []
+    fresh = 0
+    for rel in tqdm(paths, desc=f"decode @{base}px", disable=not progress, leave=False):
+        path = root / rel
+        try:
+            key = f"{_content_key(path)}@{base}"
+            if key not in cache:
+                cache[key] = _decode(path, base)
+                fresh += 1
+        except (OSError, UnreadableImage) as exc:
+            raise UserError(f"Image {path} could not be read ({exc}). It was listed in the split but is "
+                            "missing or unreadable now; re-run `python -m bagnet_lib data split` "
+                            "to rebuild the split without it.") from exc
+        out.append(cache[key])
+    if cache_file is not None and fresh:
+        atomic_write(cache_file, lambda p: torch.save(cache, p))
+    return out
+
+
+def load_split_tensors(root: str | Path, split_df, split: str, classes: Sequence[str], image_size: int,
+                       cache_dir: str | Path | None = None, progress: bool = True) -> ImageTensors:
+    """Decode the rows of `split_df` (columns path, label, split) whose split is `split`."""
+    rows = split_df[split_df["split"] == split]
+    if rows.empty:
+        raise UserError(f"The split table has no '{split}' images; rebuild it with `data split`.")
+    base = base_size_for(image_size)
+    cache_file = Path(cache_dir) / f"decoded_{base}px.pt" if cache_dir is not None else None
+    images = decode_images(root, list(rows["path"]), base, cache_file, progress)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = torch.tensor([index[c] for c in rows["label"]], dtype=torch.long)
+    return ImageTensors(images, labels, list(rows["path"]), list(classes))
+
+
+def eval_transform(img: Tensor, size: int) -> Tensor:
+    """Resize(size) + CenterCrop(size) on a uint8 tensor."""
+    return TF.center_crop(TF.resize(img, [size], antialias=True), [size, size])
+
+
+def random_resized_crop_params(h: int, w: int, gen: torch.Generator, scale=(0.08, 1.0),
+                               ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop sampling (10 tries, then a central crop), with our generator."""
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(4, generator=gen).tolist()
+        target = area * (scale[0] + u[0] * (scale[1] - scale[0]))
+        aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(u[2] * (h - ch + 1)), int(u[3] * (w - cw + 1)), ch, cw
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def train_transform(img: Tensor, size: int, gen: torch.Generator) -> Tensor:
+    """RandomResizedCrop(size) + RandomHorizontalFlip on a uint8 tensor, driven by `gen`."""
+    top, left, ch, cw = random_resized_crop_params(img.shape[-2], img.shape[-1], gen)
+    out = TF.resized_crop(img, top, left, ch, cw, [size, size], antialias=True)
+    if torch.rand(1, generator=gen).item() < 0.5:
+        out = TF.horizontal_flip(out)
+    return out
+
+
+def normalize(batch_uint8: Tensor) -> Tensor:
+    """uint8 [N, 3, H, W] → float, ImageNet mean/std."""
+    mean = torch.tensor(IMAGENET_MEAN, device=batch_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=batch_uint8.device).view(1, 3, 1, 1)
+    return (batch_uint8.float() / 255.0 - mean) / std
+
+
+def denormalize(batch: Tensor) -> Tensor:
+    """Inverse of `normalize`, to floats in [0, 1] for display."""
+    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
+    return (batch * std + mean).clamp(0, 1)
+
+
+def eval_batch(data: ImageTensors, size: int) -> Tensor:
+    """All images of `data` after the eval transform, stacked as uint8 [N, 3, size, size]."""
+    return torch.stack([eval_transform(img, size) for img in data.images])
+
+
+def train_batches(data: ImageTensors, size: int, batch_size: int, seed: int, epoch: int,
+                  drop_last: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+    """Shuffled, augmented uint8 batches for one epoch; identical for the same (seed, epoch)."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(data), generator=gen)
+    stop = len(order) - len(order) % batch_size if drop_last and len(order) >= batch_size else len(order)
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size].tolist()
+        yield (torch.stack([train_transform(data.images[i], size, gen) for i in idx]), data.labels[idx])
+
+
+def eval_batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Consecutive slices of a pre-transformed uint8 stack."""
+    for start in range(0, len(images), batch_size):
+        yield images[start:start + batch_size], labels[start:start + batch_size]

@@ -1,0 +1,218 @@
+"""ResNet-50 and BagNet-9/17/33: one bottleneck ResNet, parameterised.
+
+Introduced in notebooks 02 and 03. Both families share the ResNet-50 layout (bottleneck blocks
+[3, 4, 6, 3], widths 64·[1, 2, 4, 8], expansion 4) and differ only in
+
+- the stem: ResNet-50 has a padded 7×7 stride-2 convolution and a max-pool; a BagNet has a 1×1 then an
+  unpadded 3×3 convolution and no pooling;
+- padding and kernels: ResNet-50 pads every 3×3; a BagNet pads nothing and uses a 3×3 kernel only in
+  the first block of the stages flagged by `kernel3`, which caps its receptive field (9, 17 or 33 px);
+- strides: [1, 2, 2, 2] for ResNet-50, [2, 2, 2, 1] for BagNets.
+
+The parameter names equal torchvision's `resnet50` and the official BagNet code key for key and shape
+for shape (tests check both), so ImageNet checkpoints load with `strict=True`. Unlike the official
+BagNet code, non-square inputs work (the residual is cropped in both spatial dimensions).
+
+Every model has `features(x)` (the last feature map, [N, C, H', W']), `patch_logits(x)` (the final
+linear layer applied at every position, [N, K, H', W']) and `forward(x)` (the logits of the spatial
+mean of the features, which equals the mean of the patch logits because the head is linear).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .errors import UserError
+
+LAYERS = (3, 4, 6, 3)
+MODEL_NAMES = ("resnet50", "bagnet9", "bagnet17", "bagnet33")
+BAGNET_KERNEL3 = {"bagnet9": (1, 1, 0, 0), "bagnet17": (1, 1, 1, 0), "bagnet33": (1, 1, 1, 1)}
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """Where the logit at grid position (i, j) looks: rows `stride*i … stride*i + size - 1`.
+
+    For ResNet-50 the `size` is the theoretical receptive field, which covers the whole image at
+    224 px; only BagNets have windows that are truly local.
+    """
+
+    size: int  # receptive field in pixels (33 for bagnet33)
+    stride: int  # pixels between neighbouring logits (8 for every BagNet)
+
+    def window(self, i: int, j: int) -> tuple[slice, slice]:
+        """Row and column slices of the input pixels that logit (i, j) depends on."""
+        return (slice(self.stride * i, self.stride * i + self.size),
+                slice(self.stride * j, self.stride * j + self.size))
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """H', W' for an unpadded network: the number of full windows that fit."""
+        return ((height - self.size) // self.stride + 1, (width - self.size) // self.stride + 1)
+
+
+class Bottleneck(nn.Module):
+    """1×1 → k×k (stride here, as in torchvision v1.5 and BagNets) → 1×1, plus the shortcut.
+
+    With `padding=0` the main path shrinks; the shortcut is then cropped at the bottom/right, exactly
+    as the official BagNet code does, so the output at (i, j) still sees only its own window.
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, kernel_size: int = 3,
+                 padding: int = 1, downsample: nn.Module | None = None, bn_momentum: float = 0.1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes, momentum=bn_momentum)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=kernel_size, stride=stride,
+                               padding=padding, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes, momentum=bn_momentum)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion, momentum=bn_momentum)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        h, w = out.shape[-2:]
+        if identity.shape[-2:] != out.shape[-2:]:
+            identity = identity[..., :h, :w]
+        return self.relu(out + identity)
+
+
+class PatchResNet(nn.Module):
+    """A bottleneck ResNet-50 whose stem, padding and kernel sizes make it ResNet-50 or a BagNet."""
+
+    def __init__(self, *, bagnet: bool, kernel3: tuple[int, int, int, int] = LAYERS,
+                 strides: tuple[int, int, int, int] = (1, 2, 2, 2), num_classes: int = 1000,
+                 width: float = 1.0, bn_momentum: float = 0.1, geometry: PatchGeometry | None = None):
+        super().__init__()
+        self.is_bagnet = bagnet
+        self.geometry = geometry
+        stem = _scaled(64, width)
+        self.inplanes = stem
+        self._bn_momentum = bn_momentum
+        if bagnet:
+            self.conv1 = nn.Conv2d(3, stem, kernel_size=1, stride=1, padding=0, bias=False)
+            self.conv2 = nn.Conv2d(stem, stem, kernel_size=3, stride=1, padding=0, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+            self.conv2 = nn.Identity()
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(stem, momentum=bn_momentum)
+        self.relu = nn.ReLU(inplace=True)
+        padding = 0 if bagnet else 1
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            self._make_layer(_scaled(64 * 2**k, width), LAYERS[k], strides[k], kernel3[k], padding)
+            for k in range(4))
+        self.num_features = self.inplanes
+        self.fc = nn.Linear(self.num_features, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, planes: int, blocks: int, stride: int, kernel3: int, padding: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * Bottleneck.expansion, momentum=self._bn_momentum))
+        layers = []
+        for i in range(blocks):
+            kernel = 3 if i < kernel3 else 1  # official BagNet: 3×3 in the first `kernel3` blocks
+            layers.append(Bottleneck(self.inplanes, planes, stride if i == 0 else 1, kernel,
+                                     padding if kernel == 3 else 0,
+                                     downsample if i == 0 else None, self._bn_momentum))
+            self.inplanes = planes * Bottleneck.expansion
+        return nn.Sequential(*layers)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last feature map [N, C, H', W'] (before pooling)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv2(self.conv1(x)))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def patch_logits(self, x: Tensor) -> Tensor:
+        """The final linear layer applied at every position: [N, num_classes, H', W']."""
+        return self.head(self.features(x))
+
+    def head(self, features: Tensor) -> Tensor:
+        """Apply `fc` to a feature map [N, C, H', W'] position by position."""
+        return torch.einsum("nchw,kc->nkhw", features, self.fc.weight) + self.fc.bias[None, :, None, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(8, int(round(channels * width)))
+
+
+def resnet50(num_classes: int = 1000, pretrained: bool = False, width: float = 1.0) -> PatchResNet:
+    """ResNet-50 (torchvision layout); `pretrained` loads torchvision's IMAGENET1K_V1 weights."""
+    model = PatchResNet(bagnet=False, kernel3=LAYERS, strides=(1, 2, 2, 2),
+                        num_classes=1000 if pretrained else num_classes, width=width)
+    if pretrained:
+        from .weights import load_resnet50_imagenet
+        _require_full_width(width, "resnet50")
+        load_resnet50_imagenet(model)
+        model.fc = nn.Linear(model.num_features, num_classes)
+    return model
+
+
+def bagnet(name: str, num_classes: int = 1000, pretrained: bool = False, width: float = 1.0,
+           bn_momentum: float = 0.1) -> PatchResNet:
+    """BagNet-9/17/33 (Brendel & Bethge 2019), key-for-key the official PyTorch model."""
+    if name not in BAGNET_KERNEL3:
+        raise UserError(f"Unknown BagNet {name!r}; choose one of {sorted(BAGNET_KERNEL3)}.")
+    rf = int(name.removeprefix("bagnet"))
+    model = PatchResNet(bagnet=True, kernel3=BAGNET_KERNEL3[name], strides=(2, 2, 2, 1),
+                        num_classes=1000 if pretrained else num_classes, width=width,
+                        bn_momentum=bn_momentum, geometry=PatchGeometry(size=rf, stride=8))
+    if pretrained:
+        from .weights import load_bagnet_imagenet
+        _require_full_width(width, name)
+        load_bagnet_imagenet(model, name)
+        model.fc = nn.Linear(model.num_features, num_classes)
+    return model
+
+
+def bagnet9(num_classes: int = 1000, pretrained: bool = False, **kw) -> PatchResNet:
+    """BagNet with a 9×9 px receptive field (grid 27×27 at 224 px)."""
+    return bagnet("bagnet9", num_classes, pretrained, **kw)
+
+
+def bagnet17(num_classes: int = 1000, pretrained: bool = False, **kw) -> PatchResNet:
+    """BagNet with a 17×17 px receptive field (grid 26×26 at 224 px)."""
+    return bagnet("bagnet17", num_classes, pretrained, **kw)
+
+
+def bagnet33(num_classes: int = 1000, pretrained: bool = False, **kw) -> PatchResNet:
+    """BagNet with a 33×33 px receptive field (grid 24×24 at 224 px); the paper's model."""
+    return bagnet("bagnet33", num_classes, pretrained, **kw)
+
+
+def build_model(name: str, num_classes: int, pretrained: bool = False, feature_extract: bool = False,
+                width: float = 1.0) -> PatchResNet:
+    """A model with a new head for `num_classes`; `feature_extract` freezes all but `fc` (the paper)."""
+    if name == "resnet50":
+        model = resnet50(num_classes, pretrained=pretrained, width=width)
+    elif name in BAGNET_KERNEL3:
+        model = bagnet(name, num_classes, pretrained=pretrained, width=width)
+    else:
+        raise UserError(f"Unknown model {name!r}. Available: {', '.join(MODEL_NAMES)}.")
+    if feature_extract:
+        for pname, p in model.named_parameters():
+            p.requires_grad = pname.startswith("fc.")
+    return model
+
+
+def _require_full_width(width: float, name: str) -> None:
+    if width != 1.0:
+        raise UserError(f"Pretrained {name} weights exist only for width 1.0 (got width={width}); "
+                        "use pretrained=False or width=1.0.")

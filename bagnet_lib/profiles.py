@@ -1,0 +1,65 @@
+"""Profiles: the one place that names every knob of a run (resolution, width, epochs, optimiser, seeds).
+
+Introduced in notebook 01. `smoke` is for CI; `cpu` trains both networks from scratch on this
+project's 2-core reference machine within the course's time budget; `gpu` is the full networks at
+224 px; `paper` is the paper's recipe exactly (ImageNet-pretrained, frozen backbones, needs internet).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every setting of a run. `width` scales all channel counts (1.0 = the published networks)."""
+
+    name: str
+    image_size: int = 224
+    width: float = 1.0
+    pretrained: bool = False
+    feature_extract: bool = False  # True: train only the final layer (the paper's code)
+    epochs: int = 50
+    batch_size: int = 32
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "constant" | "cosine" (with linear warm-up)
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    images_per_class: int | None = None  # subsample the split (smoke runs)
+    eval_batch_size: int = 64
+    n_seeds: int = 30  # random masks per blackout setting
+    curve_masks: int = 100  # random masks per point of the drop curve
+    pixel_seeds: int = 5  # seeds of pixel blackout (each one a forward pass over the test set)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", image_size=64, width=0.125, epochs=1, batch_size=16, optimizer="sgd", lr=0.05,
+                     weight_decay=5e-4, schedule="cosine", images_per_class=12, eval_batch_size=64,
+                     n_seeds=3, curve_masks=5, pixel_seeds=1),
+    "cpu": Profile("cpu", image_size=112, width=0.25, epochs=20, batch_size=32, optimizer="sgd", lr=0.05,
+                   weight_decay=5e-4, schedule="cosine", warmup_epochs=1, label_smoothing=0.1,
+                   n_seeds=30, curve_masks=100, pixel_seeds=3),
+    "gpu": Profile("gpu", image_size=224, width=1.0, epochs=60, batch_size=64, optimizer="sgd", lr=0.1,
+                   weight_decay=5e-4, schedule="cosine", warmup_epochs=2, label_smoothing=0.1,
+                   eval_batch_size=128, n_seeds=100, curve_masks=200, pixel_seeds=10),
+    "paper": Profile("paper", image_size=224, width=1.0, pretrained=True, feature_extract=True, epochs=50,
+                     batch_size=32, optimizer="sgd", lr=0.001, momentum=0.9, schedule="constant",
+                     eval_batch_size=128, n_seeds=30, curve_masks=100, pixel_seeds=5),
+}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """A named profile, optionally with some fields replaced (e.g. `epochs=2`)."""
+    if name not in PROFILES:
+        raise UserError(f"Unknown profile {name!r}; choose one of {', '.join(PROFILES)}.")
+    unknown = set(overrides) - set(Profile.__dataclass_fields__)
+    if unknown:
+        raise UserError(f"Unknown profile setting(s) {sorted(unknown)}; known: {sorted(Profile.__dataclass_fields__)}.")
+    return replace(PROFILES[name], **overrides)
