@@ -193,28 +193,27 @@ def blackout_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> 
     p = run.profile
     cache = cache_step(run, bagnet, "test", progress)
     aggs = ("mean", "zero")
-    frames = [
-        # the paper's four settings (both readings of "alternating"), and the drop curve 0 … 95 %
-        sweep(cache, ["checkerboard", "raster"], [0.5], [0], aggs),
-        sweep(cache, ["random"], [0.25, 0.5, 0.75], range(p.n_seeds), aggs).assign(experiment="paper"),
-        sweep(cache, ["random"], np.round(np.arange(0, 0.96, 0.05), 2), range(1000, 1000 + p.curve_masks),
-              aggs).assign(experiment="curve"),
-        # structured masks
-        sweep(cache, ["center", "border", "topk", "bottomk"], [0.25, 0.5, 0.75], [0], aggs),
-        # other aggregations at the paper's random settings
-        sweep(cache, ["random"], [0.25, 0.5, 0.75], range(min(p.n_seeds, 10)),
-              ["median", "trimmed_mean", "max", "logsumexp", "clipped", "center_weighted"]),
-        # what the paper's code did
-        channel_sweep(cache, PAPER_SETTINGS, range(p.n_seeds)),
-    ]
+    fracs = [0.25, 0.5, 0.75]
+    frames = {
+        # the paper's four settings (both readings of "alternating", random with many seeds)
+        "paper": pd.concat([sweep(cache, ["checkerboard", "raster"], [0.5], [0], aggs),
+                            sweep(cache, ["random"], fracs, range(p.n_seeds), aggs)]),
+        # the drop curve 0 … 95 %, `curve_masks` random masks per point
+        "curve": sweep(cache, ["random"], np.round(np.arange(0, 0.96, 0.05), 2),
+                       range(1000, 1000 + p.curve_masks), aggs),
+        "structured": sweep(cache, ["center", "border", "topk", "bottomk"], fracs, [0], aggs),
+        "aggregations": sweep(cache, ["random"], fracs, range(min(p.n_seeds, 10)),
+                              ["median", "trimmed_mean", "max", "logsumexp", "clipped", "center_weighted"]),
+        "channel": channel_sweep(cache, PAPER_SETTINGS, range(p.n_seeds)),  # what the paper's code did
+    }
+    frames = [df.assign(experiment=name, model=bagnet) for name, df in frames.items()]
     test = run.tensors("test", progress)
     images = eval_batch(test, p.image_size)
     for name in ("resnet50", bagnet):
-        frames.append(pixel_blackout_eval(run.model(name), images, test.labels, cache.grid, [0.25, 0.5, 0.75],
-                                          range(p.pixel_seeds), p.eval_batch_size, name, progress))
+        frames.append(pixel_blackout_eval(run.model(name), images, test.labels, cache.grid, fracs,
+                                          range(p.pixel_seeds), p.eval_batch_size, name, progress)
+                      .assign(experiment="pixel"))
     df = pd.concat(frames, ignore_index=True)
-    df["experiment"] = df["experiment"].fillna("settings") if "experiment" in df else "settings"
-    df["model"] = df["model"].fillna(bagnet) if "model" in df else bagnet
     df.to_csv(run.results / "blackout_runs.csv", index=False)
     return df
 
@@ -228,6 +227,7 @@ def _blackout_summary(df: pd.DataFrame) -> list[dict]:
             continue
         for row in summarize_sweep(g).to_dict("records"):
             out.append({"setting": setting_of.get(row["kind"], row["kind"]), "kind": row["kind"], "model": model,
+                        "experiment": exp,
                         "drop_frac": row["drop_frac"], "aggregation": row["aggregation"], "n_seeds": row["n_seeds"],
                         "acc_mean": row["acc_mean"], "acc_ci": row["acc_ci"], "loss_mean": row["loss_mean"]})
     return out

@@ -26,10 +26,13 @@ def hub_dir(tmp_path, monkeypatch):
     torch.hub.set_dir(old)
 
 
-def _published(tmp_path: Path, state: dict, stem: str, suffix: str = ".pth.tar") -> Path:
-    """Save `state` and name the file `<stem>-<first 8 hex of its SHA-256><suffix>`, as published."""
+def _published(tmp_path: Path, state: dict, stem: str, suffix: str = ".pth.tar", legacy: bool = False) -> Path:
+    """Save `state` and name the file `<stem>-<first 8 hex of its SHA-256><suffix>`, as published.
+
+    `legacy` writes torch's pre-1.6 (non-zip) format, which the 2019 BagNet checkpoints may use.
+    """
     raw = tmp_path / "raw.pt"
-    torch.save(state, raw)
+    torch.save(state, raw, _use_new_zipfile_serialization=not legacy)
     digest = hashlib.sha256(raw.read_bytes()).hexdigest()
     path = tmp_path / "server" / f"{stem}-{digest[:8]}{suffix}"
     path.parent.mkdir(exist_ok=True)
@@ -44,11 +47,11 @@ def test_official_urls_and_hash_prefixes():
     assert weights.RESNET50_URL.endswith("/resnet50-0676ba61.pth")
 
 
-@pytest.mark.parametrize("name", ["bagnet9", "bagnet33"])
-def test_bagnet_pretrained_downloads_verifies_and_loads_strictly(tmp_path, monkeypatch, hub_dir, name):
+@pytest.mark.parametrize("name,legacy", [("bagnet9", False), ("bagnet33", True)])
+def test_bagnet_pretrained_downloads_verifies_and_loads_strictly(tmp_path, monkeypatch, hub_dir, name, legacy):
     torch.manual_seed(1)
     imagenet = bagnet(name).state_dict()  # stands in for the published 1000-class checkpoint
-    src = _published(tmp_path, imagenet, weights.BAGNET_URLS[name].rsplit("/", 1)[1].split("-")[0])
+    src = _published(tmp_path, imagenet, weights.BAGNET_URLS[name].rsplit("/", 1)[1].split("-")[0], legacy=legacy)
     monkeypatch.setitem(weights.BAGNET_URLS, name, src.as_uri())
     model = build_model(name, num_classes=5, pretrained=True)
     assert (hub_dir / "checkpoints" / src.name).is_file()  # went through the torch.hub cache
@@ -113,7 +116,7 @@ class Payload:
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as fh:
-        pickle.dump({"conv1.weight": torch.zeros(1), "x": Payload()}, fh)
+        pickle.dump({"conv1.weight": torch.zeros(1), "x": Payload()}, fh, protocol=2)
     with pytest.raises(UserError, match="weights_only"):
         weights.load_state_dict_file(path)
 
