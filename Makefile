@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make reproduce   set up .venv, then run the whole experiment (profile cpu by default)
+#   make reproduce   set up .venv, then run notebooks 01-05 with papermill (profile cpu by default)
 #   make test        set up .venv, then run the test suite
 # Both are idempotent: the environment is (re)installed only when requirements.txt or pyproject.toml change.
 
@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make test        create .venv, install, run pytest"
-	@echo "make reproduce   create .venv, install, run the experiment (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR))"
+	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR))"
 	@echo "make lab         open JupyterLab in this environment"
 
 setup: $(STAMP)
@@ -44,7 +44,7 @@ test: $(STAMP)
 reproduce: $(STAMP)
 	@echo ">>> running the experiment: profile $(PROFILE), run directory $(RUN_DIR), data $(or $(DATA),<none found>)$(if $(MANIFEST), with the paper's split $(MANIFEST))"
 	$(PY) -m bagnet_lib reproduce --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED) \
-		$(if $(DATA),--data-dir $(DATA)) $(if $(MANIFEST),--manifest $(MANIFEST))
+		$(if $(DATA),--data-dir $(DATA)) $(if $(MANIFEST),--manifest $(MANIFEST)) $(if $(filter-out smoke,$(PROFILE)),--publish)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -62,8 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--aggregations", nargs="+", default=["mean", "zero"])
     w.add_argument("--out", default=None, help="CSV path (default RUN_DIR/results/sweep.csv)")
     _add_run_args(w)
-    r = sub.add_parser("reproduce", help="the whole experiment: split, train both models, blackout, report")
-    _add_run_args(r)
+    r = sub.add_parser("reproduce", help="run notebooks 01-05 headless with papermill (the whole course)")
+    r.add_argument("--run-dir", default=None, help="run directory (default runs/<profile>)")
+    r.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    r.add_argument("--data-dir", default=None, help="dataset folder (default: $BAGNET_DATA, then ./data/flowers)")
+    r.add_argument("--manifest", default=None, help="use this path,split CSV instead of a new split")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--publish", action="store_true",
+                   help="copy the finished run into figures/<profile>/ and results/<profile>/ (never for smoke or "
+                        "synthetic-data runs)")
     return parser
 
 
@@ -77,7 +84,10 @@ def _run(args: argparse.Namespace) -> int:
     if getattr(args, "model", None) is not None and args.model not in MODEL_NAMES:
         raise UserError(f"Unknown model {args.model!r}. Available: {', '.join(MODEL_NAMES)}.")
     if args.command == "reproduce":
-        pipeline.reproduce(args.run_dir, args.profile, args.data_dir, args.manifest, args.seed, progress)
+        from .runner import REPO, reproduce
+
+        reproduce(args.profile, args.run_dir, args.data_dir, args.manifest, args.seed,
+                  publish_to=REPO if args.publish else None)
         return 0
     run = pipeline.prepare_run(args.run_dir, args.profile, args.data_dir, args.manifest, args.seed, progress=progress)
     run.results.mkdir(parents=True, exist_ok=True)

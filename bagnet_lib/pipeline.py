@@ -1,6 +1,7 @@
-"""The whole experiment as a few steps over one run directory: prepare → train → blackout → report.
+"""The experiment as a few steps over one run directory: prepare → train → blackout (→ `report.write_report`).
 
-The CLI (`python -m bagnet_lib reproduce`) runs them in order; the notebooks call the same steps.
+The notebooks call these steps (01 prepare, 02/03 train, 04 blackout, 05 report); the CLI commands
+`train`, `cache-logits` and `sweep` call them too, and `python -m bagnet_lib reproduce` runs the notebooks.
 A run directory holds everything one run made:
 
     RUN_DIR/run.json            profile, data location, seed, whether the data is synthetic
@@ -29,22 +30,13 @@ from .data.folder import class_names, find_data_dir
 from .data.split import make_split, read_manifest, read_split, subsample, write_split
 from .data.tensors import ImageTensors, eval_batch, load_split_tensors
 from .errors import UserError
-from .experiments import (PAPER_SETTINGS, LogitCache, cache_logits, channel_sweep, pixel_blackout_eval, summarize_sweep,
-                          sweep)
-from .io import write_json, write_text
+from .experiments import PAPER_SETTINGS, LogitCache, cache_logits, channel_sweep, pixel_blackout_eval, sweep
+from .io import write_json
 from .metrics import evaluate_logits
 from .models import build_model
 from .profiles import Profile, get_profile
 from .train import load_best, predict, select_device, train_model
 
-PAPER_TABLE1 = {  # test (and train) accuracy / loss as printed in the paper (see shared/paper/README.md)
-    "resnet50": {"train": {"acc": 0.9211, "loss": 0.2517}, "test": {"acc": 0.9093, "loss": 0.2847}},
-    "bagnet33": {"train": {"acc": 0.9288, "loss": 0.2799}, "test": {"acc": 0.8821, "loss": 0.3745}},
-    "alternating": {"acc": 0.8293, "loss": 0.5761},
-    "random 25%": {"acc": 0.8827, "loss": 0.4123},
-    "random 50%": {"acc": 0.8327, "loss": 0.5445},
-    "random 75%": {"acc": 0.8327, "loss": 0.5445},
-}
 SYNTHETIC_BANNER = ("=" * 78 + "\n  NO REAL DATASET FOUND: this run uses the embedded SYNTHETIC flowers.\n"
                     "  Its numbers say nothing about the paper. For the real data set BAGNET_DATA\n"
                     "  (e.g. BAGNET_DATA=../shared/data/flowers) or run `python -m bagnet_lib data download`.\n"
@@ -66,6 +58,16 @@ class Run:
     @property
     def results(self) -> Path:
         return self.run_dir / "results"
+
+    @property
+    def figures(self) -> Path:
+        return self.run_dir / "figures"
+
+    def audit(self):
+        """The data audit of this run (RUN_DIR/audit.json) as an `AuditReport`."""
+        from .data.audit import AuditReport
+
+        return AuditReport.from_json(json.loads((self.run_dir / "audit.json").read_text()))
 
     def tensors(self, split: str, progress: bool = True) -> ImageTensors:
         """Decoded images of one split (train/val/test), cached in RUN_DIR/cache."""
@@ -152,7 +154,32 @@ def prepare_run(run_dir: str | Path, profile: str | Profile = "cpu", data_dir: s
         write_json(meta_path, meta)
     split = read_split(split_path)
     classes = class_names(data)
+    for sub in ("results", "figures"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
     return Run(run_dir, profile, data, synthetic, seed, split, classes)
+
+
+def leakage_report(run: Run, manifest: str | Path | None = None) -> pd.DataFrame:
+    """Duplicate groups that cross splits, for this run's split, the paper's manifest and a fresh project split.
+
+    Introduced in notebook 01. Written to results/leakage.csv.
+    """
+    from .data.audit import split_leakage
+
+    audit = run.audit()
+    tables = {"this run": run.split}
+    if manifest:
+        tables["paper's split (manifest)"] = read_manifest(run.data_dir, manifest)
+    tables["project split (duplicate-aware, conflicts excluded)"] = make_split(run.data_dir, seed=run.seed, audit=audit)
+    rows = []
+    for name, table in tables.items():
+        leaks = split_leakage(table, audit)
+        rows.append({"split": name, "images": len(table), "duplicate_groups_across_splits": len(leaks),
+                     "groups_in_train_and_test": int(sum({"train", "test"} <= set(s) for s in leaks["splits"])),
+                     "label_conflict_files_used": int(table["path"].isin({p for g in audit.conflict_groups for p in g}).sum())})
+    out = pd.DataFrame(rows)
+    out.to_csv(run.results / "leakage.csv", index=False)
+    return out
 
 
 def train_step(run: Run, model_name: str, progress: bool = True) -> dict:
@@ -172,6 +199,13 @@ def train_step(run: Run, model_name: str, progress: bool = True) -> dict:
     for name, data in (("train", train), ("test", test)):
         logits = predict(model, eval_batch(data, p.image_size), p.eval_batch_size)
         metrics[name] = evaluate_logits(logits, data.labels, run.classes, seed=run.seed)
+        if name == "test":  # per-image predictions: paired comparisons and the images a model gets wrong
+            probs = logits.softmax(dim=1)
+            pd.DataFrame({"path": data.paths, "label": [run.classes[i] for i in data.labels],
+                          "pred": [run.classes[i] for i in probs.argmax(1)], "prob": probs.max(1).values.numpy(),
+                          "correct": (probs.argmax(1) == data.labels).numpy(),
+                          "nll": torch.nn.functional.cross_entropy(logits, data.labels, reduction="none").numpy()}
+                         ).to_csv(run.results / f"{model_name}_test_predictions.csv", index=False)
     write_json(run.results / f"{model_name}_metrics.json", metrics)
     return metrics
 
@@ -216,107 +250,3 @@ def blackout_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> 
     df = pd.concat(frames, ignore_index=True)
     df.to_csv(run.results / "blackout_runs.csv", index=False)
     return df
-
-
-def _blackout_summary(df: pd.DataFrame) -> list[dict]:
-    out = []
-    setting_of = {"checkerboard": "alternating", "raster": "alternating", "random": "random", "pixel": "pixel",
-                  "channel_alternating": "channel", "channel_random": "channel"}
-    for (model, exp), g in df.groupby(["model", "experiment"], sort=False):
-        if exp == "curve":
-            continue
-        for row in summarize_sweep(g).to_dict("records"):
-            out.append({"setting": setting_of.get(row["kind"], row["kind"]), "kind": row["kind"], "model": model,
-                        "experiment": exp,
-                        "drop_frac": row["drop_frac"], "aggregation": row["aggregation"], "n_seeds": row["n_seeds"],
-                        "acc_mean": row["acc_mean"], "acc_ci": row["acc_ci"], "loss_mean": row["loss_mean"]})
-    return out
-
-
-def report_step(run: Run, minutes: float | None = None) -> dict:
-    """results/summary.json and REPORT.md from what the earlier steps wrote."""
-    metrics = {m: json.loads((run.results / f"{m}_metrics.json").read_text()) for m in ("resnet50", "bagnet33")}
-    df = pd.read_csv(run.results / "blackout_runs.csv")
-    blackout = _blackout_summary(df)
-    summary = {"profile": run.profile.name, "synthetic_data": run.synthetic, "data_dir": str(run.data_dir),
-               "n_test": metrics["bagnet33"]["test"]["n"], "minutes": minutes}
-    for m, v in metrics.items():
-        summary[m] = {"train": {k: v["train"][k] for k in ("acc", "loss")},
-                      "test": {k: v["test"][k] for k in ("acc", "loss", "acc_ci", "loss_ci")},
-                      "best_epoch": v["best_epoch"]}
-    summary["blackout"] = blackout
-    write_json(run.results / "summary.json", summary)
-    write_text(run.run_dir / "REPORT.md", render_report(summary))
-    return summary
-
-
-def _find(blackout: list[dict], kind: str, frac: float, agg: str = "mean", model: str = "bagnet33") -> dict | None:
-    for b in blackout:
-        if b["kind"] == kind and abs(b["drop_frac"] - frac) < 1e-9 and b["aggregation"] == agg and b["model"] == model:
-            return b
-    return None
-
-
-def render_report(summary: dict) -> str:
-    """A short Markdown report: Table 1 beside the paper, and the blackout settings with intervals."""
-    title = "# BagNet blackout reproduction" + (" — SYNTHETIC-DATA RUN (not the flowers)" if summary["synthetic_data"] else "")
-    lines = [title, "", f"Profile `{summary['profile']}`, data `{summary['data_dir']}`, "
-             f"{summary['n_test']} test images." + (f" Wall time {summary['minutes']:.1f} min." if summary.get("minutes") else ""), ""]
-    if summary["synthetic_data"]:
-        lines += ["> **These numbers come from the embedded synthetic dataset** (no real flowers were found). "
-                  "They test the pipeline, not the paper.", ""]
-    lines += ["## Table 1: accuracy / cross-entropy", "", "| setting | this run: test acc [95% CI] | test loss | paper: test acc | paper: test loss |",
-              "| --- | --- | --- | --- | --- |"]
-    for m, label in (("resnet50", "ResNet-50"), ("bagnet33", "BagNet-33")):
-        t = summary[m]["test"]
-        lines.append(f"| {label} | {t['acc']:.3f} [{t['acc_ci'][0]:.3f}, {t['acc_ci'][1]:.3f}] | {t['loss']:.3f} | "
-                     f"{PAPER_TABLE1[m]['test']['acc']:.4f} | {PAPER_TABLE1[m]['test']['loss']:.4f} |")
-    for label, kind, frac in (("alternating (checkerboard)", "checkerboard", 0.5), ("alternating (raster)", "raster", 0.5),
-                              ("random 25%", "random", 0.25), ("random 50%", "random", 0.5), ("random 75%", "random", 0.75)):
-        b = _find(summary["blackout"], kind, frac)
-        paper = PAPER_TABLE1["alternating" if kind != "random" else label]
-        if b:
-            ci = f" [{b['acc_ci'][0]:.3f}, {b['acc_ci'][1]:.3f}]" if b["n_seeds"] > 1 else ""
-            lines.append(f"| BagNet-33, {label} (n={b['n_seeds']}) | {b['acc_mean']:.3f}{ci} | {b['loss_mean']:.3f} | "
-                         f"{paper['acc']:.4f} | {paper['loss']:.4f} |")
-    lines += ["", "Blackout rows use the `mean` aggregation (dropped patches left out of the mean). "
-              "The paper's random 75% column repeats its 50% column (a copy error in the paper).", "",
-              "## Three kinds of blackout at 25 / 50 / 75 % dropped (accuracy, mean over seeds)", "",
-              "| kind | model | aggregation | 25% | 50% | 75% |", "| --- | --- | --- | --- | --- | --- |"]
-    for kind, model, agg in (("random", "bagnet33", "mean"), ("random", "bagnet33", "zero"),
-                             ("channel_random", "bagnet33", "mean"), ("pixel", "bagnet33", "model"),
-                             ("pixel", "resnet50", "model")):
-        cells = []
-        for frac in (0.25, 0.5, 0.75):
-            b = _find(summary["blackout"], kind, frac, agg, model)
-            cells.append(f"{b['acc_mean']:.3f} (loss {b['loss_mean']:.3f})" if b else "–")
-        lines.append(f"| {kind} | {model} | {agg} | " + " | ".join(cells) + " |")
-    lines += ["", "`random`: patch logits dropped after the network (the paper's text); `channel_random`: columns of "
-              "`fc.weight` zeroed (what the paper's code did); `pixel`: image tiles painted grey before the network.", ""]
-    return "\n".join(lines)
-
-
-def reproduce(run_dir: str | Path, profile: str = "cpu", data_dir: str | Path | None = None,
-              manifest: str | Path | None = None, seed: int = 0, progress: bool = True) -> dict:
-    """All steps in order; prints one line per step with its wall time."""
-    t0 = time.perf_counter()
-    steps: list[tuple[str, float]] = []
-
-    def timed(label, fn, *a, **kw):
-        s = time.perf_counter()
-        out = fn(*a, **kw)
-        steps.append((label, time.perf_counter() - s))
-        print(f"[reproduce] {label}: {steps[-1][1]:.1f} s", flush=True)
-        return out
-
-    run = timed("prepare data and split", prepare_run, run_dir, profile, data_dir, manifest, seed, progress=progress)
-    run.results.mkdir(parents=True, exist_ok=True)
-    for name in ("resnet50", "bagnet33"):
-        m = timed(f"train {name}", train_step, run, name, progress)
-        print(f"[reproduce] {name}: test acc {m['test']['acc']:.3f}, loss {m['test']['loss']:.3f}")
-    timed("blackout experiments", blackout_step, run, "bagnet33", progress)
-    summary = timed("report", report_step, run, (time.perf_counter() - t0) / 60)
-    print(f"[reproduce] done in {(time.perf_counter() - t0) / 60:.1f} min; report: {run.run_dir / 'REPORT.md'}")
-    if run.synthetic:
-        print(SYNTHETIC_BANNER)
-    return summary

@@ -263,3 +263,9 @@ def test_shared_flowers():
     assert not report.by_kind("unreadable") and not report.by_kind("too_small")
     assert len(report.excluded_paths()) == 16
     assert wall < 60, f"audit took {wall:.1f} s"
+
+
+def test_json_round_trip(report):
+    back = AuditReport.from_json(json.loads(json.dumps(report.to_json())))
+    assert back.to_json() == report.to_json()
+    assert back.excluded_paths() == report.excluded_paths()

@@ -55,39 +55,33 @@ def test_data_split_and_audit_json(tmp_path, synthetic_root):
     assert report["class_counts"]["tulip"] == 16
 
 
-def test_smoke_pipeline_end_to_end(tmp_path, synthetic_root):
+def test_train_cache_and_sweep_commands(tmp_path, synthetic_root):
     run = tmp_path / "run"
-    proc = cli("reproduce", "--profile", "smoke", "--run-dir", str(run), "--data-dir", str(synthetic_root),
-               "--no-progress")
+    common = ("--profile", "smoke", "--run-dir", str(run), "--data-dir", str(synthetic_root), "--no-progress")
+    proc = cli("train", "--model", "bagnet33", *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[reproduce] train bagnet33" in proc.stdout
-    summary = json.loads((run / "results" / "summary.json").read_text())
-    for model in ("resnet50", "bagnet33"):
-        for part in ("train", "test"):
-            assert 0.0 <= summary[model][part]["acc"] <= 1.0 and summary[model][part]["loss"] > 0
-        lo, hi = summary[model]["test"]["acc_ci"]
-        assert lo <= summary[model]["test"]["acc"] <= hi
-    settings = {(b["kind"], b["drop_frac"]) for b in summary["blackout"]}
-    assert {("checkerboard", 0.5), ("raster", 0.5), ("random", 0.25), ("random", 0.5), ("random", 0.75),
-            ("channel_random", 0.5), ("pixel", 0.5)} <= settings
-    runs = pd.read_csv(run / "results" / "blackout_runs.csv")
-    curve = runs[runs["experiment"] == "curve"]
-    assert sorted(curve["drop_frac"].unique()) == pytest.approx([round(0.05 * i, 2) for i in range(20)])
-    report = (run / "REPORT.md").read_text()
-    assert "| ResNet-50 |" in report and "0.9093" in report
-    # idempotent: a second call reuses everything (training resumes at its end)
-    again = cli("reproduce", "--profile", "smoke", "--run-dir", str(run), "--data-dir", str(synthetic_root),
-                "--no-progress")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((run / "results" / "summary.json").read_text())["bagnet33"] == summary["bagnet33"]
-    # a different profile in the same run directory is refused, not mixed in
+    assert "bagnet33: best epoch 1, test acc" in proc.stdout
+    metrics = json.loads((run / "results" / "bagnet33_metrics.json").read_text())
+    assert 0 <= metrics["test"]["acc"] <= 1 and (run / "checkpoints" / "bagnet33_best.pt").is_file()
+    proc = cli("sweep", "--kinds", "random", "raster", "--drop-fracs", "0.25", "0.5", "--seeds", "4", *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_csv(run / "results" / "sweep.csv")
+    assert len(df) == 2 * (2 * 4 + 1) and set(df["aggregation"]) == {"mean", "zero"}
+    assert (run / "cache" / "bagnet33_test_logits.pt").is_file()
+    # the same run directory with another profile is refused, not mixed in
     _assert_user_error(cli("train", "--model", "bagnet33", "--profile", "cpu", "--run-dir", str(run)), "smoke")
 
 
-def test_without_any_dataset_the_main_job_runs_on_synthetic_data_and_says_so(tmp_path):
-    proc = cli("reproduce", "--profile", "smoke", "--run-dir", str(tmp_path / "run"), "--no-progress", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("SYNTHETIC") >= 2  # said when it starts and when it ends
+def test_without_any_dataset_the_main_job_falls_back_to_synthetic_data_and_says_so(tmp_path, monkeypatch, capsys):
+    from bagnet_lib import runner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BAGNET_DATA", raising=False)
+    monkeypatch.setenv("BAGNET_NO_DOWNLOAD", "1")
+    runner.reproduce("smoke", tmp_path / "run", notebooks=runner.NOTEBOOKS[:1])
+    out = capsys.readouterr().out
+    assert out.count("SYNTHETIC") >= 2  # said when it starts and when it ends
     assert (tmp_path / "data" / "synthetic" / "synthetic.json").is_file()
-    assert "SYNTHETIC-DATA RUN" in (tmp_path / "run" / "REPORT.md").read_text()
-    assert json.loads((tmp_path / "run" / "results" / "summary.json").read_text())["synthetic_data"] is True
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["synthetic"] is True and meta["data_dir"] == str((tmp_path / "data" / "synthetic").resolve())
+    assert (tmp_path / "run" / "figures" / "01_split_counts.png").is_file()

@@ -165,6 +165,14 @@ class AuditReport:
             "summary": self.summary(),
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> "AuditReport":
+        """The inverse of `to_json` (e.g. for RUN_DIR/audit.json)."""
+        return cls(root=data["root"], classes=list(data["classes"]), class_counts=dict(data["class_counts"]),
+                   problems=[Problem(p["path"], p["kind"], p["detail"], p.get("group")) for p in data["problems"]],
+                   duplicate_groups=[list(g) for g in data["duplicate_groups"]],
+                   conflict_groups=[list(g) for g in data["label_conflict_groups"]])
+
     def format_text(self, max_per_kind: int = 20) -> str:
         """A terminal-friendly report: images per class, then the problems grouped by kind."""
         lines = [f"Dataset audit: {self.root}"]

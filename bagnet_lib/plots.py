@@ -1,0 +1,289 @@
+"""Figures of the course: data (01), training (02, 03) and blackout (04). Each draws, saves a PNG, returns the Figure.
+
+What a BagNet looks at (receptive field, patch evidence, Grad-CAM) lives in `evidence.py`; the
+interactive explorer in `widgets.py`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
+
+
+def save(fig: Figure, out: str | Path | None) -> Figure:
+    """Save `fig` as a PNG (parents created) when `out` is given; return it for display."""
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def _img(t: Tensor) -> np.ndarray:
+    return t.permute(1, 2, 0).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------- 01: data
+def plot_split_counts(split: pd.DataFrame, out: str | Path | None = None, title: str | None = None) -> Figure:
+    """Images per class and split, with the counts written on the bars (the paper's Fig. 1)."""
+    counts = split.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"],
+                                                                                 fill_value=0)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(counts))
+    for k, name in enumerate(counts.columns):
+        bars = ax.bar(x + (k - 1) * 0.27, counts[name], 0.27, label=f"{name} ({counts[name].sum()})",
+                      color=SPLIT_COLORS[name])
+        ax.bar_label(bars, fontsize=8)
+    ax.set_xticks(x, counts.index)
+    ax.set_ylabel("images")
+    ax.set_title(title or f"Images per class and split ({len(split)} images)")
+    ax.legend(title="split")
+    return save(fig, out)
+
+
+def plot_sample_grid(images: Mapping[str, Sequence[np.ndarray]], out: str | Path | None = None,
+                     title: str = "Sample images per class") -> Figure:
+    """One row per class of example images (RGB arrays)."""
+    n = max(len(v) for v in images.values())
+    fig, axes = plt.subplots(len(images), n, figsize=(1.6 * n, 1.7 * len(images)), squeeze=False)
+    for r, (label, imgs) in enumerate(images.items()):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(imgs):
+                ax.imshow(imgs[c])
+        axes[r, 0].set_title(label, loc="left", fontsize=10)
+    fig.suptitle(title)
+    return save(fig, out)
+
+
+def plot_image_sizes(sizes: pd.DataFrame, out: str | Path | None = None) -> Figure:
+    """Width × height of every image (columns width, height, label) and the shorter side's histogram."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, g in sizes.groupby("label"):
+        a.scatter(g["width"], g["height"], s=6, alpha=0.5, label=label)
+    a.set_xlabel("width (px)")
+    a.set_ylabel("height (px)")
+    a.set_title("Image sizes")
+    a.legend(markerscale=3, fontsize=8)
+    short = sizes[["width", "height"]].min(axis=1)
+    b.hist(short, bins=40, color="#4C72B0")
+    b.set_xlabel("shorter side (px)")
+    b.set_ylabel("images")
+    b.set_title(f"Shorter side: median {short.median():.0f} px")
+    return save(fig, out)
+
+
+def plot_augmentations(original: Tensor, augmented: Sequence[Tensor], eval_view: Tensor,
+                       out: str | Path | None = None) -> Figure:
+    """The decoded image, its eval view (resize + centre crop) and several training augmentations."""
+    n = len(augmented) + 2
+    fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.3))
+    panels = [(original, f"decoded {original.shape[2]}×{original.shape[1]}"), (eval_view, "eval view")]
+    panels += [(a, f"train aug {i + 1}") for i, a in enumerate(augmented)]
+    for ax, (img, label) in zip(axes, panels):
+        ax.imshow(_img(img))
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.suptitle("Augmentation: RandomResizedCrop + horizontal flip (train); Resize + CenterCrop (eval)")
+    return save(fig, out)
+
+
+# ----------------------------------------------------------------------------------- 02/03: training
+def plot_history(history: pd.DataFrame, out: str | Path | None = None, title: str = "Learning curves") -> Figure:
+    """Train/val cross-entropy and accuracy per epoch, best validation epoch marked."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    e = history["epoch"]
+    a.plot(e, history["train_loss"], "o-", ms=3, label="train (augmented batches)")
+    a.plot(e, history["val_loss"], "o-", ms=3, label="validation")
+    a.set_ylabel("cross-entropy (nats)")
+    b.plot(e, history["train_acc"], "o-", ms=3, label="train (augmented batches)")
+    b.plot(e, history["val_acc"], "o-", ms=3, label="validation")
+    b.set_ylabel("accuracy")
+    best = history.loc[history["val_acc"].idxmax()]
+    b.axvline(best["epoch"], color="grey", ls=":", label=f"best val epoch {int(best['epoch'])} ({best['val_acc']:.3f})")
+    for ax in (a, b):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return save(fig, out)
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], out: str | Path | None = None,
+                   title: str = "Confusion matrix (test)") -> Figure:
+    """Counts with row-normalised colours (recall per true class)."""
+    cm = np.asarray(confusion, dtype=float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=30)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="fraction of the true class")
+    return save(fig, out)
+
+
+# ----------------------------------------------------------------------------------- 04: blackout
+def plot_blackout_masks(image: Tensor, panels: Mapping[str, Tensor], out: str | Path | None = None,
+                        title: str = "The paper's four blackout settings (grey tiles are dropped)") -> Figure:
+    """The paper's Fig. 4: one image with each keep-mask's dropped tiles painted grey."""
+    from .experiments import pixel_blackout
+
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2.6 * (len(panels) + 1), 3))
+    axes[0].imshow(_img(image))
+    axes[0].set_title("original")
+    for ax, (label, keep) in zip(axes[1:], panels.items()):
+        ax.imshow(_img(pixel_blackout(image[None], keep)[0]))
+        ax.set_title(f"{label}\n{int(keep.sum())}/{keep.numel()} patches kept", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title)
+    return save(fig, out)
+
+
+def _band(g: pd.DataFrame, col: str) -> pd.DataFrame:
+    s = g.groupby("drop_frac")[col]
+    return pd.DataFrame({"mean": s.mean(), "lo": s.quantile(0.025), "hi": s.quantile(0.975)})
+
+
+def plot_drop_curve(runs: pd.DataFrame, out: str | Path | None = None, paper: Mapping[float, tuple[float, float]] | None = None,
+                    title: str = "Random patch blackout: accuracy and loss vs fraction dropped") -> Figure:
+    """Mean and 95 % band over random masks, for each aggregation; the paper's points as crosses."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for agg, g in runs.groupby("aggregation", sort=False):
+        for ax, col in ((a, "acc"), (b, "loss")):
+            band = _band(g, col)
+            x = band.index.to_numpy() * 100
+            ax.plot(x, band["mean"], "o-", ms=3, label=f"{agg} aggregation")
+            ax.fill_between(x, band["lo"], band["hi"], alpha=0.25)
+    if paper:
+        xs = [f * 100 for f in paper]
+        a.plot(xs, [v[0] for v in paper.values()], "kx", ms=8, label="paper (Table 1)")
+        b.plot(xs, [v[1] for v in paper.values()], "kx", ms=8, label="paper (Table 1)")
+    a.set_ylabel("test accuracy")
+    b.set_ylabel("test cross-entropy (nats)")
+    n = runs.groupby(["aggregation", "drop_frac"]).size().min()
+    for ax in (a, b):
+        ax.set_xlabel("patches dropped (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title} ({n} masks per point, band = 95% of masks)")
+    return save(fig, out)
+
+
+def plot_blackout_kinds(runs: pd.DataFrame, out: str | Path | None = None,
+                        title: str = "Three meanings of 'blackout' at the same fractions") -> Figure:
+    """Accuracy vs fraction for patch-logit, channel (the paper's code) and pixel blackout; mean ± 95 % CI over seeds."""
+    from .metrics import mean_ci
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    series = [("random", "bagnet33", "mean", "BagNet-33: patch logits dropped (paper's text)"),
+              ("channel_random", "bagnet33", "mean", "BagNet-33: fc channels zeroed (paper's code)"),
+              ("pixel", "bagnet33", "model", "BagNet-33: image tiles painted grey"),
+              ("pixel", "resnet50", "model", "ResNet-50: image tiles painted grey")]
+    for kind, model, agg, label in series:
+        g = runs[(runs["kind"] == kind) & (runs["model"] == model) & (runs["aggregation"] == agg)
+                 & runs["drop_frac"].isin([0.25, 0.5, 0.75])]
+        if g.empty:
+            continue
+        stats = g.groupby("drop_frac")["acc"].agg(list)
+        means = [np.mean(v) for v in stats]
+        cis = [mean_ci(v) for v in stats]
+        err = np.array([[m - lo for m, (lo, _) in zip(means, cis)], [hi - m for m, (_, hi) in zip(means, cis)]])
+        ax.errorbar(stats.index * 100, means, yerr=err, marker="o", capsize=3, label=label)
+    ax.set_xlabel("dropped (%)")
+    ax.set_ylabel("test accuracy")
+    ax.set_xticks([25, 50, 75])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return save(fig, out)
+
+
+def plot_structured(runs: pd.DataFrame, out: str | Path | None = None,
+                    title: str = "Which patches matter: structured masks vs random (mean aggregation)") -> Figure:
+    """Accuracy of centre/border/top-k/bottom-k masks next to random masks at 25/50/75 % dropped."""
+    kinds = ["random", "center", "border", "topk", "bottomk"]
+    labels = {"random": "random", "center": "keep centre", "border": "keep border", "topk": "keep most confident",
+              "bottomk": "keep least confident"}
+    g = runs[(runs["aggregation"] == "mean") & runs["kind"].isin(kinds) & runs["drop_frac"].isin([0.25, 0.5, 0.75])]
+    table = g.groupby(["kind", "drop_frac"])["acc"].mean().unstack("kind").reindex(columns=kinds)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(table))
+    width = 0.8 / len(kinds)
+    for k, kind in enumerate(kinds):
+        ax.bar(x + (k - 2) * width, table[kind], width, label=labels[kind])
+    ax.set_xticks(x, [f"{int(f * 100)}% dropped" for f in table.index])
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title(title)
+    return save(fig, out)
+
+
+def plot_aggregations(runs: pd.DataFrame, out: str | Path | None = None,
+                      title: str = "Aggregations under random blackout") -> Figure:
+    """Accuracy per aggregation (mean over seeds) at 25/50/75 % dropped."""
+    g = runs[(runs["kind"] == "random") & runs["drop_frac"].isin([0.25, 0.5, 0.75]) & (runs["model"] == "bagnet33")
+             & (runs["aggregation"] != "model")]
+    table = g.groupby(["aggregation", "drop_frac"])["acc"].mean().unstack("drop_frac")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(table))
+    for k, frac in enumerate(table.columns):
+        ax.bar(x + (k - 1) * 0.27, table[frac], 0.27, label=f"{int(frac * 100)}% dropped")
+    ax.set_xticks(x, table.index, rotation=20)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return save(fig, out)
+
+
+def image_sizes(root: str | Path, split: pd.DataFrame) -> pd.DataFrame:
+    """Width and height of every image of `split` (read from the file header, no decoding)."""
+    from PIL import Image
+
+    rows = []
+    for path, label in zip(split["path"], split["label"]):
+        with Image.open(Path(root) / path) as im:
+            rows.append((path, label, *im.size))
+    return pd.DataFrame(rows, columns=["path", "label", "width", "height"])
+
+
+def sample_images(root: str | Path, split: pd.DataFrame, per_class: int = 6, seed: int = 0,
+                  max_side: int = 160) -> dict[str, list[np.ndarray]]:
+    """A few decoded images per class (thumbnails), for `plot_sample_grid`."""
+    from .data.images import load_rgb
+
+    out: dict[str, list[np.ndarray]] = {}
+    for label, rows in split.groupby("label", sort=True):
+        picks = rows.sample(n=min(per_class, len(rows)), random_state=seed)["path"]
+        thumbs = []
+        for p in picks:
+            im = load_rgb(Path(root) / p)
+            im.thumbnail((max_side, max_side))
+            thumbs.append(np.asarray(im))
+        out[label] = thumbs
+    return out
+
+
+def augmentation_examples(image: Tensor, size: int, n: int = 6, seed: int = 0) -> tuple[list[Tensor], Tensor]:
+    """`n` training augmentations and the eval view of one decoded uint8 image."""
+    from .data.tensors import eval_transform, train_transform
+
+    gen = torch.Generator().manual_seed(seed)
+    return [train_transform(image, size, gen) for _ in range(n)], eval_transform(image, size)

@@ -1,0 +1,108 @@
+"""Run the course headless: notebooks 01 → 05 through papermill, one run directory, one line per notebook.
+
+`python -m bagnet_lib reproduce --profile P [--run-dir D] [--data-dir D]` (and `make reproduce`) call
+`reproduce`. Executed notebooks go to RUN_DIR/notebooks/, figures to RUN_DIR/figures/, numbers to
+RUN_DIR/results/, the report to RUN_DIR/REPORT.md. The first failing notebook stops the run with its
+name and failing cell; its executed copy (with the traceback) is kept.
+
+`publish` copies a finished run into the repository's `figures/<profile>/` and `results/<profile>/`
+(and REPORT.md at the top level for the `cpu` profile); smoke runs and synthetic-data runs are never
+published, so they cannot overwrite the committed reference results.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .errors import UserError
+from .io import write_json, write_text
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = ("01_data_exploration.ipynb", "02_train_resnet50.ipynb", "03_train_bagnet33.ipynb",
+             "04_blackout_experiments.ipynb", "05_writeup.ipynb")
+
+
+class NotebookFailed(UserError):
+    """A notebook raised; the message names it, the cell and the error, and where the executed copy is."""
+
+
+def run_notebook(name: str, run_dir: Path, parameters: dict, timeout: int = 4 * 3600,
+                 notebook_dir: Path = NOTEBOOK_DIR) -> float:
+    """Execute one notebook with papermill into RUN_DIR/notebooks/; return its wall time in seconds."""
+    import papermill as pm
+
+    out = run_dir / "notebooks" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(str(notebook_dir / name), str(out), parameters=parameters, kernel_name="python3",
+                            cwd=str(notebook_dir), execution_timeout=timeout, progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as exc:
+        raise NotebookFailed(f"Notebook {name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}). "
+                             f"The executed notebook with the traceback is {out}; fix the cause and run the same "
+                             "command again (finished training is resumed, not repeated).") from exc
+    return time.perf_counter() - t0
+
+
+def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir: str | Path | None = None,
+              manifest: str | Path | None = None, seed: int = 0, notebooks: tuple[str, ...] = NOTEBOOKS,
+              extra_parameters: dict | None = None, publish_to: str | Path | None = None) -> dict[str, float]:
+    """Execute the notebooks in order with the same parameters; print one line per notebook with its time."""
+    from .pipeline import SYNTHETIC_BANNER, choose_data
+
+    run_dir = Path(run_dir or f"runs/{profile}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = run_dir / "run.json"
+    if meta_path.is_file():  # an existing run keeps its data
+        meta = json.loads(meta_path.read_text())
+        data_dir, synthetic = meta["data_dir"], meta["synthetic"]
+    else:  # decide once, up front, so a synthetic fallback is announced before anything runs
+        data_dir, synthetic = choose_data(data_dir)
+    if synthetic:
+        print(SYNTHETIC_BANNER, flush=True)
+    params = {"PROFILE": profile, "RUN_DIR": str(run_dir), "DATA_DIR": str(Path(data_dir).resolve()) if data_dir else None,
+              "MANIFEST": str(Path(manifest).resolve()) if manifest else None, "SEED": seed, **(extra_parameters or {})}
+    timings_path = run_dir / "results" / "timings.json"
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    for name in notebooks:
+        print(f"[reproduce] {name} …", flush=True)
+        timings[name] = run_notebook(name, run_dir, params)
+        write_json(timings_path, timings)
+        print(f"[reproduce] {name} done in {timings[name]:.1f} s", flush=True)
+    total = time.perf_counter() - t_all
+    print(f"[reproduce] all notebooks done in {total / 60:.1f} min; report: {run_dir / 'REPORT.md'}")
+    if synthetic:
+        print(SYNTHETIC_BANNER)
+    if publish_to is not None:
+        publish(run_dir, publish_to)
+    return timings
+
+
+def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:
+    """Copy a finished real-data run into repo/figures/<profile>/ and repo/results/<profile>/.
+
+    Refuses smoke and synthetic runs (they would overwrite the committed reference results).
+    """
+    run_dir, repo = Path(run_dir), Path(repo)
+    meta = json.loads((run_dir / "run.json").read_text())
+    profile = meta["profile"]["name"]
+    if profile == "smoke" or meta.get("synthetic"):
+        print(f"[publish] not publishing a {'synthetic-data' if meta.get('synthetic') else 'smoke'} run: "
+              "the committed figures/ and results/ stay as they are")
+        return None
+    figs, res = repo / "figures" / profile, repo / "results" / profile
+    for src, dst, pattern in ((run_dir / "figures", figs, "*.png"), (run_dir / "results", res, "*")):
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in sorted(src.glob(pattern)):
+            if f.is_file():
+                shutil.copy2(f, dst / f.name)
+    report = (run_dir / "REPORT.md").read_text().replace("](figures/", f"](figures/{profile}/")
+    write_text(res / "REPORT.md", report.replace(f"](figures/{profile}/", f"](../../figures/{profile}/"))
+    if profile == "cpu":
+        write_text(repo / "REPORT.md", report)
+    print(f"[publish] copied figures to {figs} and results to {res}")
+    return res

@@ -1,0 +1,178 @@
+"""Figures of a run: the glue between a run directory and the plotting functions, one call per figure.
+
+The notebooks call these so that each of their cells stays one line; every function saves its PNG
+into RUN_DIR/figures/ (names start with the notebook's number) and returns the Figure.
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from . import plots
+from .data.tensors import eval_batch, normalize
+from .masks import make_mask
+from .pipeline import Run, cache_step
+from .report import PAPER_POINTS
+
+
+# ----------------------------------------------------------------------------------- 01
+def split_counts(run: Run) -> Figure:
+    """Images per class and split (notebook 01; the paper's Fig. 1)."""
+    return plots.plot_split_counts(run.split, run.figures / "01_split_counts.png")
+
+
+def samples(run: Run, per_class: int = 6) -> Figure:
+    """A grid of example images per class (notebook 01)."""
+    return plots.plot_sample_grid(plots.sample_images(run.data_dir, run.split, per_class, run.seed),
+                                  run.figures / "01_samples.png")
+
+
+def image_sizes(run: Run) -> tuple[Figure, pd.DataFrame]:
+    """The image-size distribution (notebook 01); also returns the table."""
+    sizes = plots.image_sizes(run.data_dir, run.split)
+    return plots.plot_image_sizes(sizes, run.figures / "01_image_sizes.png"), sizes
+
+
+def augmentations(run: Run, index: int = 0, n: int = 6) -> Figure:
+    """One training image, its eval view and `n` training augmentations (notebook 01)."""
+    train = run.tensors("train", progress=False)
+    augmented, eval_view = plots.augmentation_examples(train.images[index], run.profile.image_size, n, run.seed)
+    return plots.plot_augmentations(train.images[index], augmented, eval_view, run.figures / "01_augmentation.png")
+
+
+def audit_tables(run: Run) -> tuple[pd.Series, pd.DataFrame]:
+    """Problem counts by kind and the list of problems (notebook 01)."""
+    audit = json.loads((run.run_dir / "audit.json").read_text())
+    problems = pd.DataFrame(audit["problems"], columns=["path", "kind", "detail", "group"])
+    return pd.Series(audit["summary"], name="files", dtype=int), problems
+
+
+# ----------------------------------------------------------------------------------- 02 / 03
+def _nb(model_name: str) -> str:
+    return "02" if model_name == "resnet50" else "03"
+
+
+def learning_curves(run: Run, model_name: str) -> Figure:
+    """Train/val loss and accuracy per epoch (notebooks 02, 03)."""
+    history = pd.read_csv(run.results / f"{model_name}_history.csv")
+    return plots.plot_history(history, run.figures / f"{_nb(model_name)}_{model_name}_history.png",
+                              f"{model_name}: learning curves ({run.profile.name} profile)")
+
+
+def confusion(run: Run, model_name: str) -> Figure:
+    """Confusion matrix on the test split (notebooks 02, 03)."""
+    metrics = json.loads((run.results / f"{model_name}_metrics.json").read_text())
+    return plots.plot_confusion(metrics["test"]["confusion"], run.classes,
+                                run.figures / f"{_nb(model_name)}_{model_name}_confusion.png",
+                                f"{model_name}: confusion matrix (test, accuracy {metrics['test']['acc']:.3f})")
+
+
+def hardest_mistakes(run: Run, model_name: str, n: int = 6) -> list[int]:
+    """Test indices of the `n` most confident wrong predictions (falls back to the least confident right ones)."""
+    pred = pd.read_csv(run.results / f"{model_name}_test_predictions.csv")
+    wrong = pred[~pred["correct"]].sort_values("prob", ascending=False)
+    if len(wrong) < n:
+        wrong = pd.concat([wrong, pred[pred["correct"]].sort_values("prob").head(n - len(wrong))])
+    return [int(i) for i in wrong.index[:n]]
+
+
+def gradcam_mistakes(run: Run, model_name: str, n: int = 6) -> Figure:
+    """Grad-CAM (hooks on `layer4`) of the test images the model gets most confidently wrong (notebooks 02, 03)."""
+    from .evidence import plot_gradcam_grid
+    from .gradcam import grad_cam
+
+    test = run.tensors("test", progress=False)
+    idx = hardest_mistakes(run, model_name, n)
+    images = eval_batch(test, run.profile.image_size)[idx]
+    model = run.model(model_name)
+    x = normalize(images.to(next(model.parameters()).device))
+    with torch.no_grad():
+        preds = model(x).argmax(1).cpu()
+    cams = grad_cam(model, x).cpu()
+    return plot_gradcam_grid(images, cams, test.labels[idx], preds, run.classes,
+                             run.figures / f"{_nb(model_name)}_{model_name}_gradcam.png",
+                             f"{model_name}: Grad-CAM of its most confident mistakes", geometry=model.geometry)
+
+
+def receptive_field(run: Run, model_name: str = "bagnet33", index: int = 0) -> Figure:
+    """The window of one patch logit and the stride-8 grid, drawn on a test image (notebook 03)."""
+    from .evidence import plot_receptive_field
+
+    test = run.tensors("test", progress=False)
+    image = eval_batch(test, run.profile.image_size)[index]
+    geometry = run.model(model_name, best=False).geometry
+    return plot_receptive_field(image, geometry, out=run.figures / f"03_{model_name}_receptive_field.png",
+                                title=f"{model_name} at {run.profile.image_size} px")
+
+
+def patch_evidence(run: Run, model_name: str = "bagnet33", n: int = 4) -> Figure:
+    """Class evidence per patch for the true and predicted class, next to ResNet-50's Grad-CAM when trained (notebook 03)."""
+    from .evidence import plot_patch_evidence
+    from .gradcam import grad_cam
+
+    test = run.tensors("test", progress=False)
+    idx = hardest_mistakes(run, model_name, n // 2) + list(range(n - n // 2))
+    images = eval_batch(test, run.profile.image_size)[idx]
+    model = run.model(model_name)
+    with torch.no_grad():
+        logits = model.patch_logits(normalize(images.to(next(model.parameters()).device))).float().cpu()
+    cams = None
+    if (run.run_dir / "checkpoints" / "resnet50_best.pt").is_file():
+        resnet = run.model("resnet50")
+        cams = grad_cam(resnet, normalize(images.to(next(resnet.parameters()).device))).cpu()
+    return plot_patch_evidence(images, logits, test.labels[idx], run.classes, model.geometry,
+                               out=run.figures / f"03_{model_name}_evidence.png", gradcams=cams)
+
+
+# ----------------------------------------------------------------------------------- 04
+def blackout_runs(run: Run) -> pd.DataFrame:
+    """Every blackout configuration of the run (results/blackout_runs.csv)."""
+    return pd.read_csv(run.results / "blackout_runs.csv")
+
+
+def paper_masks(run: Run, index: int = 0, seed: int = 0) -> Figure:
+    """The paper's Fig. 4: alternating and random 75/50/25 % blackout on one test image."""
+    cache = cache_step(run, "bagnet33", "test", progress=False)
+    h, w = cache.grid
+    image = eval_batch(run.tensors("test", progress=False), run.profile.image_size)[index]
+    panels = {"alternating (raster)": make_mask("raster", h, w),
+              **{f"random {int(f * 100)}% dropped": make_mask("random", h, w, f, seed) for f in (0.75, 0.5, 0.25)}}
+    return plots.plot_blackout_masks(image, panels, run.figures / "04_blackout_masks.png")
+
+
+def drop_curve(run: Run) -> Figure:
+    """Accuracy and loss from 0 to 95 % dropped, `mean` vs `zero`, with the paper's points."""
+    runs = blackout_runs(run)
+    return plots.plot_drop_curve(runs[runs["experiment"] == "curve"], run.figures / "04_drop_curve.png", PAPER_POINTS)
+
+
+def blackout_kinds(run: Run) -> Figure:
+    """Patch-logit vs channel (the paper's code) vs pixel blackout, BagNet-33 and ResNet-50."""
+    runs = blackout_runs(run)
+    return plots.plot_blackout_kinds(runs[runs["experiment"].isin(["paper", "channel", "pixel"])],
+                                     run.figures / "04_blackout_kinds.png")
+
+
+def structured(run: Run) -> Figure:
+    """Centre/border and most/least confident masks next to random masks."""
+    runs = blackout_runs(run)
+    return plots.plot_structured(runs[runs["experiment"].isin(["paper", "structured"])], run.figures / "04_structured.png")
+
+
+def aggregations(run: Run) -> Figure:
+    """Every aggregation under random blackout."""
+    runs = blackout_runs(run)
+    return plots.plot_aggregations(runs[runs["experiment"].isin(["paper", "aggregations"])],
+                                   run.figures / "04_aggregations.png")
+
+
+def explorer(run: Run, max_images: int = 50):
+    """The interactive blackout explorer over the run's test images (notebook 04)."""
+    from .widgets import BlackoutExplorer
+
+    cache = cache_step(run, "bagnet33", "test", progress=False)
+    images = eval_batch(run.tensors("test", progress=False), run.profile.image_size)
+    return BlackoutExplorer(cache, images, run.classes, max_images=max_images)

@@ -1,0 +1,130 @@
+"""The course end to end: notebooks 01-05 through papermill with the smoke profile, then what they produced.
+
+Runs on the shared flowers when present (with the paper's split), else on a small synthetic ImageFolder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bagnet_lib.runner import NOTEBOOK_DIR, NOTEBOOKS, NotebookFailed, reproduce
+
+from .conftest import PAPER_SPLIT, shared_flowers
+
+EXPECTED_FIGURES = [
+    "01_split_counts.png", "01_samples.png", "01_image_sizes.png", "01_augmentation.png",
+    "02_resnet50_history.png", "02_resnet50_confusion.png", "02_resnet50_gradcam.png",
+    "03_bagnet33_history.png", "03_bagnet33_confusion.png", "03_bagnet33_gradcam.png",
+    "03_bagnet33_receptive_field.png", "03_bagnet33_evidence.png",
+    "04_blackout_masks.png", "04_drop_curve.png", "04_blackout_kinds.png", "04_structured.png",
+    "04_aggregations.png", "04_explorer.png",
+]
+
+
+def test_committed_notebooks_carry_no_outputs_and_one_parameters_cell():
+    for name in NOTEBOOKS:
+        nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs"
+        tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{name} needs exactly one parameters cell"
+        assert nb.cells[0].cell_type == "markdown" and "What this notebook teaches" in nb.cells[0].source
+        for key in ("PROFILE", "RUN_DIR", "DATA_DIR", "SEED"):
+            assert f"{key} =" in tagged[0].source, (name, key)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, synthetic_root):
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    data = shared_flowers()
+    manifest = PAPER_SPLIT if data is not None and PAPER_SPLIT.is_file() else None
+    timings = reproduce("smoke", run_dir, data or synthetic_root, manifest, seed=0)
+    return run_dir, timings, data is None
+
+
+def test_every_notebook_ran_without_error_cells(smoke_run):
+    run_dir, timings, _ = smoke_run
+    assert list(timings) == list(NOTEBOOKS) and all(t > 0 for t in timings.values())
+    for name in NOTEBOOKS:
+        nb = nbformat.read(run_dir / "notebooks" / name, as_version=4)
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors, (name, errors[:1])
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and "PROFILE = \"smoke\"" in injected[0].source
+
+
+def test_results_json_has_the_expected_keys_and_sane_values(smoke_run):
+    run_dir, _, synthetic = smoke_run
+    summary = json.loads((run_dir / "results" / "summary.json").read_text())
+    assert summary["profile"] == "smoke" and summary["synthetic_data"] is synthetic
+    for model in ("resnet50", "bagnet33"):
+        for part in ("train", "test"):
+            assert 0.0 <= summary[model][part]["acc"] <= 1.0
+            assert 0.0 < summary[model][part]["loss"] < float("inf")
+    paper = {(b["kind"], b["drop_frac"]) for b in summary["blackout"] if b["aggregation"] == "mean"}
+    assert {("checkerboard", 0.5), ("raster", 0.5), ("random", 0.25), ("random", 0.5), ("random", 0.75)} <= paper
+    assert {b["setting"] for b in summary["blackout"]} >= {"alternating", "random", "channel", "pixel"}
+    assert len(summary["verdicts"]) == 4
+    assert all(v["verdict"] in ("supported", "not supported", "inconclusive", "supported only approximately")
+               for v in summary["verdicts"])
+    assert set(summary["notebook_seconds"]) == set(NOTEBOOKS[:4])
+
+
+def test_every_expected_figure_is_a_non_empty_png(smoke_run):
+    run_dir, _, _ = smoke_run
+    for name in EXPECTED_FIGURES:
+        path = run_dir / "figures" / name
+        assert path.is_file(), name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000, name
+
+
+def test_report_holds_table_1_and_the_verdicts(smoke_run):
+    run_dir, _, synthetic = smoke_run
+    text = (run_dir / "REPORT.md").read_text()
+    assert "## Table 1" in text and "| ResNet-50 |" in text and "| BagNet-33 |" in text
+    assert "0.9093" in text and "0.8821" in text  # the paper's column
+    assert "## Verdicts" in text and "(c) about 25% of patches" in text
+    assert ("SYNTHETIC" in text) is synthetic
+    assert "![04_drop_curve.png](figures/04_drop_curve.png)" in text
+
+
+def test_a_failing_notebook_stops_the_run_and_names_the_cell(tmp_path, synthetic_root):
+    broken = tmp_path / "nb"
+    broken.mkdir()
+    nb = nbformat.read(NOTEBOOK_DIR / NOTEBOOKS[0], as_version=4)
+    nb.cells.insert(3, nbformat.v4.new_code_cell("raise RuntimeError('deliberately broken')"))
+    nbformat.write(nb, broken / NOTEBOOKS[0])
+    from bagnet_lib import runner
+
+    with pytest.raises(NotebookFailed, match=r"01_data_exploration.ipynb failed in cell .*deliberately broken"):
+        runner.run_notebook(NOTEBOOKS[0], tmp_path / "run",
+                            {"PROFILE": "smoke", "RUN_DIR": str(tmp_path / "run"), "DATA_DIR": str(synthetic_root),
+                             "MANIFEST": None, "SEED": 0}, notebook_dir=broken)
+    assert (tmp_path / "run" / "notebooks" / NOTEBOOKS[0]).is_file()  # kept, with the traceback
+
+
+def test_publish_copies_real_runs_and_refuses_smoke_or_synthetic(tmp_path):
+    from bagnet_lib.runner import publish
+
+    def fake_run(name, profile, synthetic):
+        run = tmp_path / name
+        (run / "figures").mkdir(parents=True)
+        (run / "results").mkdir()
+        (run / "run.json").write_text(json.dumps({"profile": {"name": profile}, "synthetic": synthetic}))
+        (run / "figures" / "04_drop_curve.png").write_bytes(b"\x89PNG fake")
+        (run / "results" / "summary.json").write_text("{}")
+        (run / "REPORT.md").write_text("# r\n![04_drop_curve.png](figures/04_drop_curve.png)\n")
+        return run
+
+    repo = tmp_path / "repo"
+    assert publish(fake_run("a", "smoke", False), repo) is None
+    assert publish(fake_run("b", "cpu", True), repo) is None
+    assert not repo.exists()
+    publish(fake_run("c", "cpu", False), repo)
+    assert (repo / "figures" / "cpu" / "04_drop_curve.png").is_file()
+    assert (repo / "results" / "cpu" / "summary.json").is_file()
+    assert "](figures/cpu/04_drop_curve.png)" in (repo / "REPORT.md").read_text()
+    assert "](../../figures/cpu/04_drop_curve.png)" in (repo / "results" / "cpu" / "REPORT.md").read_text()
