@@ -47,7 +47,8 @@ reproduce: $(STAMP)
 		$(if $(DATA),--data-dir $(DATA)) $(if $(MANIFEST),--manifest $(MANIFEST)) $(if $(filter-out smoke,$(PROFILE)),--publish)
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	@echo ">>> JupyterLab with BAGNET_DATA=$(DATA) BAGNET_MANIFEST=$(MANIFEST) (the same data and split as make reproduce)"
+	BAGNET_DATA=$(DATA) BAGNET_MANIFEST=$(MANIFEST) $(VENV)/bin/jupyter lab notebooks/
 
 clean:
 	rm -rf runs/smoke .pytest_cache

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="get, check and split a dataset").add_subparsers(dest="data_command", required=True)
     d = data.add_parser("download", help="download TensorFlow's flower_photos (needs internet)")
-    d.add_argument("--dest", default="data/flowers")
+    d.add_argument("--dest", default=None, help="where to put it (default: data/flowers in the project folder)")
     d.add_argument("--url", default=None)
     d.add_argument("--timeout", type=float, default=10.0)
     a = data.add_parser("audit", help="list every problem file (non-images, unreadable, duplicates, label conflicts)")
@@ -116,7 +116,9 @@ def _data(args: argparse.Namespace) -> int:
     if args.data_command == "download":
         from .data.download import FLOWER_PHOTOS_URL, download_flowers
 
-        dest = download_flowers(args.dest, url=args.url or FLOWER_PHOTOS_URL, timeout=args.timeout)
+        from .data.folder import DEFAULT_DATA_DIR
+
+        dest = download_flowers(args.dest or DEFAULT_DATA_DIR, url=args.url or FLOWER_PHOTOS_URL, timeout=args.timeout)
         print(f"flowers ready in {dest}; use it with BAGNET_DATA={dest} or --data-dir {dest}")
     elif args.data_command == "audit":
         from .data.audit import audit_dataset

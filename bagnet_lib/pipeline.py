@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data.folder import class_names, find_data_dir
+from .data.folder import DEFAULT_DATA_DIR, PROJECT_ROOT, class_names, find_data_dir
 from .data.split import make_split, read_manifest, read_split, subsample, write_split
 from .data.tensors import ImageTensors, eval_batch, load_split_tensors
 from .errors import UserError
@@ -87,7 +87,7 @@ class Run:
 
 
 def choose_data(data_dir: str | Path | None, allow_synthetic: bool = True, try_download: bool = True,
-                synthetic_dir: str | Path = "data/synthetic", progress: bool = True) -> tuple[Path, bool]:
+                synthetic_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, bool]:
     """The dataset to use and whether it is synthetic: real data if found, else a download, else synthetic.
 
     Set BAGNET_NO_DOWNLOAD=1 to skip the download attempt (the tests do: they never touch the network).
@@ -104,7 +104,7 @@ def choose_data(data_dir: str | Path | None, allow_synthetic: bool = True, try_d
         from .data.download import download_flowers
 
         try:
-            return download_flowers(timeout=5.0, progress=progress), False
+            return download_flowers(DEFAULT_DATA_DIR, timeout=5.0, progress=progress), False
         except UserError as exc:
             print(f"[data] download not possible: {exc}")
     if not allow_synthetic:
@@ -113,14 +113,19 @@ def choose_data(data_dir: str | Path | None, allow_synthetic: bool = True, try_d
         resolve_data_dir(None)
     from .data.synthetic import generate_synthetic_dataset
 
-    return generate_synthetic_dataset(synthetic_dir, progress=progress), True
+    return generate_synthetic_dataset(synthetic_dir or PROJECT_ROOT / "data" / "synthetic", progress=progress), True
 
 
 def prepare_run(run_dir: str | Path, profile: str | Profile = "cpu", data_dir: str | Path | None = None,
                 manifest: str | Path | None = None, seed: int = 0, allow_synthetic: bool = True,
                 progress: bool = True) -> Run:
-    """Open (or create) a run directory: choose the data, audit it, write the split once."""
+    """Open (or create) a run directory: choose the data, audit it, write the split once.
+
+    `manifest` defaults to $BAGNET_MANIFEST (set by `make lab` and `make reproduce` to the paper's split
+    when the shared flowers are used), so notebooks run by hand give the same split as the runner.
+    """
     run_dir = Path(run_dir)
+    manifest = manifest or os.environ.get("BAGNET_MANIFEST") or None
     profile = get_profile(profile) if isinstance(profile, str) else profile
     meta_path = run_dir / "run.json"
     if meta_path.is_file():

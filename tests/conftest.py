@@ -36,3 +36,9 @@ def synthetic_root(tmp_path_factory) -> Path:
 
     return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n_per_class=16, image_size=64,
                                       seed=0, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_manifest_from_the_environment(monkeypatch):
+    """`make lab` users may export BAGNET_MANIFEST; tests choose their split explicitly."""
+    monkeypatch.delenv("BAGNET_MANIFEST", raising=False)

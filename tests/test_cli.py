@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if k != "BAGNET_DATA"}
+    full_env = {k: v for k, v in os.environ.items() if k not in ("BAGNET_DATA", "BAGNET_MANIFEST")}
     full_env.update({"BAGNET_NO_DOWNLOAD": "1", **(env or {})})
     return subprocess.run([sys.executable, "-m", "bagnet_lib", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=600)
@@ -73,10 +73,14 @@ def test_train_cache_and_sweep_commands(tmp_path, synthetic_root):
 
 
 def test_without_any_dataset_the_main_job_falls_back_to_synthetic_data_and_says_so(tmp_path, monkeypatch, capsys):
-    from bagnet_lib import runner
+    from bagnet_lib import pipeline, runner
+    from bagnet_lib.data import folder
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipeline, "PROJECT_ROOT", tmp_path)  # the synthetic data goes to <project>/data/synthetic
+    monkeypatch.setattr(folder, "DEFAULT_DATA_DIR", tmp_path / "data" / "flowers")
     monkeypatch.delenv("BAGNET_DATA", raising=False)
+    monkeypatch.delenv("BAGNET_MANIFEST", raising=False)
     monkeypatch.setenv("BAGNET_NO_DOWNLOAD", "1")
     runner.reproduce("smoke", tmp_path / "run", notebooks=runner.NOTEBOOKS[:1])
     out = capsys.readouterr().out

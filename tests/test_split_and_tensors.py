@@ -74,8 +74,10 @@ def test_manifest_errors_name_the_file(tmp_path, synthetic_root):
 
 
 def test_missing_dataset_error_names_every_path(tmp_path, monkeypatch):
+    from bagnet_lib.data import folder
+
     monkeypatch.setenv("BAGNET_DATA", str(tmp_path / "env_data"))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(folder, "DEFAULT_DATA_DIR", tmp_path / "data" / "flowers")
     with pytest.raises(UserError) as err:
         resolve_data_dir(tmp_path / "arg_data")
     msg = str(err.value)

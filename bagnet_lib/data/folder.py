@@ -1,6 +1,7 @@
 """Where the dataset is, and what is in it: an ImageFolder layout `root/<class>/<image>`.
 
-Introduced in notebook 01. Resolution order: explicit argument > `$BAGNET_DATA` > `./data/flowers`.
+Introduced in notebook 01. Resolution order: explicit argument > `$BAGNET_DATA` > `data/flowers` in
+the project folder.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 from ..errors import UserError
 from .images import is_image_name
 
-DEFAULT_DATA_DIR = Path("data/flowers")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout (the package is installed editable)
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "flowers"  # not cwd-relative: notebooks run from notebooks/
 FLOWER_CLASSES = ("daisy", "dandelion", "rose", "sunflower", "tulip")
 
 
