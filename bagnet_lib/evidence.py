@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .gradcam import upsample
 from .models import PatchGeometry
+from .plots import save
 
 __all__ = ["evidence_extent", "plot_gradcam_grid", "plot_patch_evidence", "plot_receptive_field"]
 
@@ -92,21 +93,13 @@ def _pixel_axes(ax, xlabel: bool, ylabel: bool) -> None:
         ax.set_ylabel("y (px)", fontsize=8)
 
 
-def _save(fig: Figure, out: str | Path | None) -> Figure:
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120, bbox_inches="tight")
-    return fig
-
-
 def _empty(message: str, title: str, out: str | Path | None) -> Figure:
     fig = Figure(figsize=(4, 1.5))
     ax = fig.add_subplot()
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, transform=ax.transAxes)
     ax.set_title(title)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def _check_grid(geometry: PatchGeometry, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> None:
@@ -159,7 +152,7 @@ def plot_receptive_field(image: Tensor, geometry: PatchGeometry, cell: tuple[int
             bbox=dict(boxstyle="round,pad=0.3", facecolor="white", alpha=0.85))
     _pixel_axes(ax, True, True)
     ax.set_title(title or f"Receptive field of one patch logit ({H}×{W} px image)")
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def plot_patch_evidence(images: Tensor, patch_logits: Tensor, labels: Tensor, classes: Sequence[str],
@@ -231,7 +224,7 @@ def plot_patch_evidence(images: Tensor, patch_logits: Tensor, labels: Tensor, cl
             cb.ax.tick_params(labelsize=7)
         for c in range(ncols):
             _pixel_axes(axes[r, c], xlabel=r == n - 1, ylabel=c == 0)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def plot_gradcam_grid(images: Tensor, cams: Tensor, labels: Tensor, preds: Tensor, classes: Sequence[str],
@@ -290,4 +283,4 @@ def plot_gradcam_grid(images: Tensor, cams: Tensor, labels: Tensor, preds: Tenso
         _pixel_axes(ax_cam, xlabel=last_row, ylabel=False)
     cb = fig.colorbar(cim, ax=list(axes.ravel()), shrink=0.6, pad=0.01)
     cb.set_label(CAM_LABEL, fontsize=9)
-    return _save(fig, out)
+    return save(fig, out)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -19,7 +18,11 @@ SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 
 
 def save(fig: Figure, out: str | Path | None) -> Figure:
-    """Save `fig` as a PNG (parents created) when `out` is given; return it for display."""
+    """Save `fig` as a PNG (parents created) when `out` is given; return it for display.
+
+    Figures here are plain `matplotlib.figure.Figure` objects, not registered with pyplot: a notebook
+    shows each once (as the cell's value) and a long run does not accumulate open figures.
+    """
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +39,8 @@ def plot_split_counts(split: pd.DataFrame, out: str | Path | None = None, title:
     """Images per class and split, with the counts written on the bars (the paper's Fig. 1)."""
     counts = split.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"],
                                                                                  fill_value=0)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     x = np.arange(len(counts))
     for k, name in enumerate(counts.columns):
         bars = ax.bar(x + (k - 1) * 0.27, counts[name], 0.27, label=f"{name} ({counts[name].sum()})",
@@ -53,7 +57,8 @@ def plot_sample_grid(images: Mapping[str, Sequence[np.ndarray]], out: str | Path
                      title: str = "Sample images per class") -> Figure:
     """One row per class of example images (RGB arrays)."""
     n = max(len(v) for v in images.values())
-    fig, axes = plt.subplots(len(images), n, figsize=(1.6 * n, 1.7 * len(images)), squeeze=False)
+    fig = Figure(figsize=(1.6 * n, 1.7 * len(images)))
+    axes = fig.subplots(len(images), n, squeeze=False)
     for r, (label, imgs) in enumerate(images.items()):
         for c in range(n):
             ax = axes[r, c]
@@ -67,7 +72,8 @@ def plot_sample_grid(images: Mapping[str, Sequence[np.ndarray]], out: str | Path
 
 def plot_image_sizes(sizes: pd.DataFrame, out: str | Path | None = None) -> Figure:
     """Width × height of every image (columns width, height, label) and the shorter side's histogram."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    (a, b) = fig.subplots(1, 2)
     for label, g in sizes.groupby("label"):
         a.scatter(g["width"], g["height"], s=6, alpha=0.5, label=label)
     a.set_xlabel("width (px)")
@@ -86,7 +92,8 @@ def plot_augmentations(original: Tensor, augmented: Sequence[Tensor], eval_view:
                        out: str | Path | None = None) -> Figure:
     """The decoded image, its eval view (resize + centre crop) and several training augmentations."""
     n = len(augmented) + 2
-    fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.3))
+    fig = Figure(figsize=(1.9 * n, 2.3))
+    axes = fig.subplots(1, n)
     panels = [(original, f"decoded {original.shape[2]}×{original.shape[1]}"), (eval_view, "eval view")]
     panels += [(a, f"train aug {i + 1}") for i, a in enumerate(augmented)]
     for ax, (img, label) in zip(axes, panels):
@@ -100,7 +107,8 @@ def plot_augmentations(original: Tensor, augmented: Sequence[Tensor], eval_view:
 # ----------------------------------------------------------------------------------- 02/03: training
 def plot_history(history: pd.DataFrame, out: str | Path | None = None, title: str = "Learning curves") -> Figure:
     """Train/val cross-entropy and accuracy per epoch, best validation epoch marked."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    (a, b) = fig.subplots(1, 2)
     e = history["epoch"]
     a.plot(e, history["train_loss"], "o-", ms=3, label="train (augmented batches)")
     a.plot(e, history["val_loss"], "o-", ms=3, label="validation")
@@ -123,7 +131,8 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], o
     """Counts with row-normalised colours (recall per true class)."""
     cm = np.asarray(confusion, dtype=float)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(5, 4.4))
+    fig = Figure(figsize=(5, 4.4))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
@@ -143,7 +152,8 @@ def plot_blackout_masks(image: Tensor, panels: Mapping[str, Tensor], out: str | 
     """The paper's Fig. 4: one image with each keep-mask's dropped tiles painted grey."""
     from .experiments import pixel_blackout
 
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2.6 * (len(panels) + 1), 3))
+    fig = Figure(figsize=(2.6 * (len(panels) + 1), 3))
+    axes = fig.subplots(1, len(panels) + 1)
     axes[0].imshow(_img(image))
     axes[0].set_title("original")
     for ax, (label, keep) in zip(axes[1:], panels.items()):
@@ -163,7 +173,8 @@ def _band(g: pd.DataFrame, col: str) -> pd.DataFrame:
 def plot_drop_curve(runs: pd.DataFrame, out: str | Path | None = None, paper: Mapping[float, tuple[float, float]] | None = None,
                     title: str = "Random patch blackout: accuracy and loss vs fraction dropped") -> Figure:
     """Mean and 95 % band over random masks, for each aggregation; the paper's points as crosses."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    (a, b) = fig.subplots(1, 2)
     for agg, g in runs.groupby("aggregation", sort=False):
         for ax, col in ((a, "acc"), (b, "loss")):
             band = _band(g, col)
@@ -190,7 +201,8 @@ def plot_blackout_kinds(runs: pd.DataFrame, out: str | Path | None = None,
     """Accuracy vs fraction for patch-logit, channel (the paper's code) and pixel blackout; mean ± 95 % CI over seeds."""
     from .metrics import mean_ci
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.subplots()
     series = [("random", "bagnet33", "mean", "BagNet-33: patch logits dropped (paper's text)"),
               ("channel_random", "bagnet33", "mean", "BagNet-33: fc channels zeroed (paper's code)"),
               ("pixel", "bagnet33", "model", "BagNet-33: image tiles painted grey"),
@@ -222,7 +234,8 @@ def plot_structured(runs: pd.DataFrame, out: str | Path | None = None,
               "bottomk": "keep least confident"}
     g = runs[(runs["aggregation"] == "mean") & runs["kind"].isin(kinds) & runs["drop_frac"].isin([0.25, 0.5, 0.75])]
     table = g.groupby(["kind", "drop_frac"])["acc"].mean().unstack("kind").reindex(columns=kinds)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     x = np.arange(len(table))
     width = 0.8 / len(kinds)
     for k, kind in enumerate(kinds):
@@ -241,7 +254,8 @@ def plot_aggregations(runs: pd.DataFrame, out: str | Path | None = None,
     g = runs[(runs["kind"] == "random") & runs["drop_frac"].isin([0.25, 0.5, 0.75]) & (runs["model"] == "bagnet33")
              & (runs["aggregation"] != "model")]
     table = g.groupby(["aggregation", "drop_frac"])["acc"].mean().unstack("drop_frac")
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     x = np.arange(len(table))
     for k, frac in enumerate(table.columns):
         ax.bar(x + (k - 1) * 0.27, table[frac], 0.27, label=f"{int(frac * 100)}% dropped")

@@ -31,11 +31,18 @@ class NotebookFailed(UserError):
 
 def run_notebook(name: str, run_dir: Path, parameters: dict, timeout: int = 4 * 3600,
                  notebook_dir: Path = NOTEBOOK_DIR) -> float:
-    """Execute one notebook with papermill into RUN_DIR/notebooks/; return its wall time in seconds."""
+    """Execute one notebook with papermill into RUN_DIR/notebooks/; return its wall time in seconds.
+
+    Only the parameters the notebook declares are passed; `INTERACTIVE=False` tells notebook 04 not to
+    build ipywidgets (there is no frontend, and widget messages are what a headless client least needs).
+    `timeout` bounds each cell.
+    """
     import papermill as pm
 
     out = run_dir / "notebooks" / name
     out.parent.mkdir(parents=True, exist_ok=True)
+    declared = pm.inspect_notebook(str(notebook_dir / name))
+    parameters = {k: v for k, v in {**parameters, "INTERACTIVE": False}.items() if k in declared}
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(notebook_dir / name), str(out), parameters=parameters, kernel_name="python3",
@@ -49,7 +56,8 @@ def run_notebook(name: str, run_dir: Path, parameters: dict, timeout: int = 4 * 
 
 def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir: str | Path | None = None,
               manifest: str | Path | None = None, seed: int = 0, notebooks: tuple[str, ...] = NOTEBOOKS,
-              extra_parameters: dict | None = None, publish_to: str | Path | None = None) -> dict[str, float]:
+              extra_parameters: dict | None = None, publish_to: str | Path | None = None,
+              cell_timeout: int = 4 * 3600) -> dict[str, float]:
     """Execute the notebooks in order with the same parameters; print one line per notebook with its time."""
     from .pipeline import SYNTHETIC_BANNER, choose_data
 
@@ -70,7 +78,7 @@ def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir:
     t_all = time.perf_counter()
     for name in notebooks:
         print(f"[reproduce] {name} …", flush=True)
-        timings[name] = run_notebook(name, run_dir, params)
+        timings[name] = run_notebook(name, run_dir, params, timeout=cell_timeout)
         write_json(timings_path, timings)
         print(f"[reproduce] {name} done in {timings[name]:.1f} s", flush=True)
     total = time.perf_counter() - t_all

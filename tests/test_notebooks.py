@@ -41,7 +41,7 @@ def smoke_run(tmp_path_factory, synthetic_root):
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     data = shared_flowers()
     manifest = PAPER_SPLIT if data is not None and PAPER_SPLIT.is_file() else None
-    timings = reproduce("smoke", run_dir, data or synthetic_root, manifest, seed=0)
+    timings = reproduce("smoke", run_dir, data or synthetic_root, manifest, seed=0, cell_timeout=600)
     return run_dir, timings, data is None
 
 
