@@ -28,6 +28,16 @@ COMPARABLE_MARGIN = 0.05  # "comparable": the 95 % interval of the accuracy diff
 NO_LOSS_MARGIN = 0.01  # "without loss of accuracy": at most 1 point lower
 FIGURE_CAPTIONS = {
     "01_split_counts.png": "Images per class and split (the paper's Fig. 1).",
+    "01_samples.png": "Example images of each class.",
+    "01_image_sizes.png": "Image sizes before resizing.",
+    "01_augmentation.png": "One training image: the eval view and training augmentations.",
+    "02_resnet50_confusion.png": "ResNet-50 confusion matrix on the test split.",
+    "02_resnet50_gradcam.png": "ResNet-50 Grad-CAM of its most confident mistakes.",
+    "03_bagnet33_confusion.png": "BagNet-33 confusion matrix on the test split.",
+    "03_bagnet33_gradcam.png": "BagNet-33 Grad-CAM of its most confident mistakes.",
+    "03_bagnet33_receptive_field.png": "The 33×33 px window of one BagNet-33 logit and the stride-8 grid.",
+    "04_aggregations.png": "Aggregations other than the mean under random blackout.",
+    "04_explorer.png": "A snapshot of the interactive blackout explorer.",
     "02_resnet50_history.png": "ResNet-50 learning curves.",
     "03_bagnet33_history.png": "BagNet-33 learning curves.",
     "03_bagnet33_evidence.png": "BagNet-33 patch evidence for test images (true and predicted class), next to ResNet-50's Grad-CAM.",
@@ -209,7 +219,8 @@ def render_report(summary: dict, figures: list[str] = (), figure_dir: str = "fig
     if figures:
         lines += ["## Figures", ""]
         for name in figures:
-            lines += [f"![{name}]({figure_dir}/{name})", "", FIGURE_CAPTIONS.get(name, ""), ""]
+            caption = FIGURE_CAPTIONS.get(name, name.removesuffix(".png").replace("_", " "))
+            lines += [f"![{caption}]({figure_dir}/{name})", "", f"*{caption}*", ""]
     return "\n".join(lines)
 
 

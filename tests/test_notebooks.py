@@ -88,7 +88,7 @@ def test_report_holds_table_1_and_the_verdicts(smoke_run):
     assert "0.9093" in text and "0.8821" in text  # the paper's column
     assert "## Verdicts" in text and "(c) about 25% of patches" in text
     assert ("SYNTHETIC" in text) is synthetic
-    assert "![04_drop_curve.png](figures/04_drop_curve.png)" in text
+    assert "](figures/04_drop_curve.png)" in text and "](figures/04_blackout_masks.png)" in text
 
 
 def test_a_failing_notebook_stops_the_run_and_names_the_cell(tmp_path, synthetic_root):
