@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help="dataset folder (default: $BAGNET_DATA, then ./data/flowers)")
     r.add_argument("--manifest", default=None, help="use this path,split CSV instead of a new split")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--resume", action="store_true",
+                   help="skip notebooks that already ran without error with the same parameters in this run directory")
     r.add_argument("--publish", action="store_true",
                    help="copy the finished run into figures/<profile>/ and results/<profile>/ (never for smoke or "
                         "synthetic-data runs)")
@@ -87,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         from .runner import REPO, reproduce
 
         reproduce(args.profile, args.run_dir, args.data_dir, args.manifest, args.seed,
-                  publish_to=REPO if args.publish else None)
+                  publish_to=REPO if args.publish else None, resume=args.resume)
         return 0
     run = pipeline.prepare_run(args.run_dir, args.profile, args.data_dir, args.manifest, args.seed, progress=progress)
     run.results.mkdir(parents=True, exist_ok=True)

@@ -233,24 +233,25 @@ def blackout_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> 
     cache = cache_step(run, bagnet, "test", progress)
     aggs = ("mean", "zero")
     fracs = [0.25, 0.5, 0.75]
+    base = run.seed * 1_000_000  # the run's seed picks the random masks too (mask seeds base, base+1, …)
+    seeds, curve_seeds = range(base, base + p.n_seeds), range(base + 1000, base + 1000 + p.curve_masks)
     frames = {
         # the paper's four settings (both readings of "alternating", random with many seeds)
         "paper": pd.concat([sweep(cache, ["checkerboard", "raster"], [0.5], [0], aggs),
-                            sweep(cache, ["random"], fracs, range(p.n_seeds), aggs)]),
+                            sweep(cache, ["random"], fracs, seeds, aggs)]),
         # the drop curve 0 … 95 %, `curve_masks` random masks per point
-        "curve": sweep(cache, ["random"], np.round(np.arange(0, 0.96, 0.05), 2),
-                       range(1000, 1000 + p.curve_masks), aggs),
+        "curve": sweep(cache, ["random"], np.round(np.arange(0, 0.96, 0.05), 2), curve_seeds, aggs),
         "structured": sweep(cache, ["center", "border", "topk", "bottomk"], fracs, [0], aggs),
-        "aggregations": sweep(cache, ["random"], fracs, range(min(p.n_seeds, 10)),
+        "aggregations": sweep(cache, ["random"], fracs, seeds[:10],
                               ["median", "trimmed_mean", "max", "logsumexp", "clipped", "center_weighted"]),
-        "channel": channel_sweep(cache, PAPER_SETTINGS, range(p.n_seeds)),  # what the paper's code did
+        "channel": channel_sweep(cache, PAPER_SETTINGS, seeds),  # what the paper's code did
     }
     frames = [df.assign(experiment=name, model=bagnet) for name, df in frames.items()]
     test = run.tensors("test", progress)
     images = eval_batch(test, p.image_size)
     for name in ("resnet50", bagnet):
         frames.append(pixel_blackout_eval(run.model(name), images, test.labels, cache.grid, fracs,
-                                          range(p.pixel_seeds), p.eval_batch_size, name, progress)
+                                          seeds[:p.pixel_seeds], p.eval_batch_size, name, progress)
                       .assign(experiment="pixel"))
     df = pd.concat(frames, ignore_index=True)
     df.to_csv(run.results / "blackout_runs.csv", index=False)

@@ -29,6 +29,39 @@ class NotebookFailed(UserError):
     """A notebook raised; the message names it, the cell and the error, and where the executed copy is."""
 
 
+def _declared(name: str, parameters: dict, notebook_dir: Path) -> dict:
+    """The subset of `parameters` that notebook `name` declares, with INTERACTIVE=False (headless)."""
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(notebook_dir / name))
+    return {k: v for k, v in {**parameters, "INTERACTIVE": False}.items() if k in declared}
+
+
+def _code(nb) -> list[str]:
+    return [c.source for c in nb.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def already_done(name: str, run_dir: Path, parameters: dict, notebook_dir: Path = NOTEBOOK_DIR) -> bool:
+    """True when RUN_DIR/notebooks/<name> ran to the end, without an error, with these parameters and this code."""
+    import nbformat
+
+    out = run_dir / "notebooks" / name
+    if not out.is_file():
+        return False
+    try:
+        nb = nbformat.read(out, as_version=4)
+        if _code(nb) != _code(nbformat.read(notebook_dir / name, as_version=4)):
+            return False  # the notebook was edited since it ran
+    except Exception:  # a half-written or foreign file is simply run again
+        return False
+    meta = nb.metadata.get("papermill", {})
+    cells_done = all(c.metadata.get("papermill", {}).get("status") == "completed" for c in nb.cells
+                     if c.cell_type == "code")
+    return (meta.get("parameters") == _declared(name, parameters, notebook_dir) and meta.get("exception") is not True
+            and cells_done)
+
+
 def run_notebook(name: str, run_dir: Path, parameters: dict, timeout: int = 4 * 3600,
                  notebook_dir: Path = NOTEBOOK_DIR) -> float:
     """Execute one notebook with papermill into RUN_DIR/notebooks/; return its wall time in seconds.
@@ -41,8 +74,7 @@ def run_notebook(name: str, run_dir: Path, parameters: dict, timeout: int = 4 * 
 
     out = run_dir / "notebooks" / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    declared = pm.inspect_notebook(str(notebook_dir / name))
-    parameters = {k: v for k, v in {**parameters, "INTERACTIVE": False}.items() if k in declared}
+    parameters = _declared(name, parameters, notebook_dir)
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(notebook_dir / name), str(out), parameters=parameters, kernel_name="python3",
@@ -57,8 +89,14 @@ def run_notebook(name: str, run_dir: Path, parameters: dict, timeout: int = 4 * 
 def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir: str | Path | None = None,
               manifest: str | Path | None = None, seed: int = 0, notebooks: tuple[str, ...] = NOTEBOOKS,
               extra_parameters: dict | None = None, publish_to: str | Path | None = None,
-              cell_timeout: int = 4 * 3600) -> dict[str, float]:
-    """Execute the notebooks in order with the same parameters; print one line per notebook with its time."""
+              cell_timeout: int = 4 * 3600, resume: bool = False,
+              notebook_dir: str | Path = NOTEBOOK_DIR) -> dict[str, float]:
+    """Execute the notebooks in order with the same parameters; print one line per notebook with its time.
+
+    With `resume`, a notebook whose executed copy in RUN_DIR/notebooks finished without error for the
+    same parameters and the same code is skipped; once one notebook runs, every later one runs too (it reads their outputs).
+    """
+    notebook_dir = Path(notebook_dir)
     from .pipeline import SYNTHETIC_BANNER, choose_data
 
     run_dir = Path(run_dir or f"runs/{profile}").resolve()
@@ -74,11 +112,17 @@ def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir:
     params = {"PROFILE": profile, "RUN_DIR": str(run_dir), "DATA_DIR": str(Path(data_dir).resolve()) if data_dir else None,
               "MANIFEST": str(Path(manifest).resolve()) if manifest else None, "SEED": seed, **(extra_parameters or {})}
     timings_path = run_dir / "results" / "timings.json"
+    previous = json.loads(timings_path.read_text()) if resume and timings_path.is_file() else {}
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     for name in notebooks:
+        if resume and already_done(name, run_dir, params, notebook_dir):
+            timings[name] = previous.get(name, 0.0)
+            print(f"[reproduce] {name} skipped (--resume: already ran with these parameters)", flush=True)
+            continue
+        resume = False  # everything after a notebook that runs must run too
         print(f"[reproduce] {name} …", flush=True)
-        timings[name] = run_notebook(name, run_dir, params, timeout=cell_timeout)
+        timings[name] = run_notebook(name, run_dir, params, timeout=cell_timeout, notebook_dir=notebook_dir)
         write_json(timings_path, timings)
         print(f"[reproduce] {name} done in {timings[name]:.1f} s", flush=True)
     total = time.perf_counter() - t_all

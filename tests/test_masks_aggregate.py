@@ -149,3 +149,21 @@ def test_property_exact_counts_and_finite_aggregates(h, w, frac, seed, method):
     else:
         with pytest.raises(ValueError):
             aggregate(x, keep, method)
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 10), w=st.integers(1, 10), n=st.integers(1, 4), seed=st.integers(0, 2**31 - 1),
+       kind=st.sampled_from(["random", "center", "border", "block", "topk", "bottomk"]),
+       method=st.sampled_from(AGGREGATIONS))
+def test_property_all_kept_is_the_plain_aggregate_and_nothing_kept_raises(h, w, n, seed, kind, method):
+    x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    keep_all = masks.make_mask(kind, h, w, 0.0, seed, patch_logits=x)
+    assert bool(keep_all.all())  # drop_frac 0 keeps every patch, whatever the kind
+    torch.testing.assert_close(aggregate(x, keep_all, method), aggregate(x, None, method))
+    if method == "mean":
+        torch.testing.assert_close(aggregate(x, keep_all, method), x.mean(dim=(2, 3)))
+    keep_none = masks.make_mask(kind, h, w, 1.0, seed, patch_logits=x)
+    if kind != "block" or min(h, w) ** 2 == h * w:  # a square block cannot cover a non-square grid
+        assert not bool(keep_none.any())
+        with pytest.raises(ValueError, match="keeps no patch"):
+            aggregate(x, keep_none, method)

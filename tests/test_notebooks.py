@@ -128,3 +128,33 @@ def test_publish_copies_real_runs_and_refuses_smoke_or_synthetic(tmp_path):
     assert (repo / "results" / "cpu" / "summary.json").is_file()
     assert "](figures/cpu/04_drop_curve.png)" in (repo / "REPORT.md").read_text()
     assert "](../../figures/cpu/04_drop_curve.png)" in (repo / "results" / "cpu" / "REPORT.md").read_text()
+
+
+def test_resume_skips_finished_notebooks_and_a_failure_keeps_earlier_outputs(smoke_run, tmp_path, capsys):
+    run_dir, timings, _ = smoke_run
+    meta = json.loads((run_dir / "run.json").read_text())
+    data, manifest = meta["data_dir"], meta["manifest"]
+    again = reproduce("smoke", run_dir, data, manifest, seed=0, resume=True, cell_timeout=600)
+    out = capsys.readouterr().out
+    assert out.count("skipped (--resume") == len(NOTEBOOKS)
+    assert again == timings  # nothing ran; the recorded times are kept
+    # a broken notebook 04: 01-03 are skipped, 04 fails naming itself, earlier outputs stay as they were
+    broken = tmp_path / "notebooks"
+    broken.mkdir()
+    for name in NOTEBOOKS:
+        nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+        if name.startswith("04"):
+            nb.cells.insert(5, nbformat.v4.new_code_cell("raise ValueError('broken on purpose')"))
+        nbformat.write(nb, broken / name)
+    before = {p: p.read_bytes() for p in sorted((run_dir / "notebooks").glob("0[123]_*.ipynb"))}
+    before[run_dir / "split.csv"] = (run_dir / "split.csv").read_bytes()
+    with pytest.raises(NotebookFailed, match=r"04_blackout_experiments.ipynb failed in cell \d+ \(ValueError: broken on purpose\)"):
+        reproduce("smoke", run_dir, data, manifest, seed=0, resume=True, cell_timeout=600, notebook_dir=broken)
+    assert capsys.readouterr().out.count("skipped (--resume") == 3
+    assert all(p.read_bytes() == content for p, content in before.items())
+    failed = nbformat.read(run_dir / "notebooks" / "04_blackout_experiments.ipynb", as_version=4)
+    assert any(o.output_type == "error" for c in failed.cells if c.cell_type == "code" for o in c.outputs)
+    # a later --resume reruns 04 (it failed) and 05 (it comes after), not 01-03
+    reproduce("smoke", run_dir, data, manifest, seed=0, resume=True, cell_timeout=600)
+    out = capsys.readouterr().out
+    assert out.count("skipped (--resume") == 3 and "04_blackout_experiments.ipynb done" in out

@@ -4,10 +4,13 @@ Introduced in notebook 01. `audit_dataset(root)` looks at every file the loader 
 (`root/<class>/**` without following symlinked folders, plus the files directly under `root`) and
 reports one `Problem` per file and kind:
 
-- `not_image`      a file whose name is not an image (`flickr.py`, `.DS_Store`, a root `LICENSE.txt`);
-                   the loader skips it already, so this is a note.
+- `not_image`      a file whose name is not an image (`flickr.py`, `.DS_Store`, a root `LICENSE.txt`),
+                   or a symlinked folder, which the loader does not follow (one that loops back,
+                   `daisy/loop -> ..`, is said to loop); the loader skips these, so this is a note.
 - `outside_class`  an image directly under `root`, in no class folder; the loader skips it.
-- `unreadable`     image-named but does not decode fully (empty, truncated, corrupt). Excluded.
+- `unreadable`     image-named but does not decode fully (empty, truncated, corrupt), or not a
+                   regular file (a broken or looping symlink such as `x.jpg -> x.jpg`, a named pipe).
+                   Excluded.
 - `too_small`      a side under 33 px, the receptive field of BagNet-33. Excluded.
 - `non_rgb`        decodes, but is stored as grayscale / CMYK / palette / alpha / 16-bit; `load_rgb`
                    converts it, so this is a note.
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from .folder import class_names
+from .folder import class_names, is_looping_link
 from .images import UnreadableImage, is_image_name, load_rgb
 
 if TYPE_CHECKING:  # pandas is imported lazily: the audit itself does not need it
@@ -183,6 +187,10 @@ class AuditReport:
         lines.append(f"  {'total':<{width}}  {self.n_images:>7,}")
         if not self.classes:
             lines.append("  (no class folders: expected root/<class>/<image>)")
+        empty = [c for c in self.classes if not self.class_counts.get(c, 0)]
+        if empty:
+            lines.append(f"  (no readable images in {', '.join(empty)}: the split refuses the dataset until "
+                         "you add images to, or remove, those class folders)")
         excluded = self.excluded_paths()
         summary = {k: n for k, n in self.summary().items() if n}
         if not summary:
@@ -192,7 +200,7 @@ class AuditReport:
         lines.append("Problems: " + ", ".join(f"{k} {n}" for k, n in summary.items())
                      + f"; {len(excluded)} image(s) excluded from training by default")
         notes = {
-            "not_image": "not an image name; the loader skips these",
+            "not_image": "not an image name (or a symlinked folder, not followed); the loader skips these",
             "outside_class": "images in no class folder; the loader skips these",
             "unreadable": "cannot be decoded; excluded",
             "too_small": f"a side under {MIN_SIDE} px; excluded",
@@ -252,8 +260,8 @@ class _Scan:
 def _inspect(root: Path, rel: str, label: str | None) -> _Scan:
     full = root / rel
     scan = _Scan(rel, label)
-    if not full.is_file():
-        scan.error = "not a regular file (a broken link?)"
+    if not full.is_file():  # never opened: a named pipe would block, a looping link cannot be read
+        scan.error = _not_a_file(full)
         return scan
     try:
         scan.sha256 = file_sha256(full)
@@ -265,11 +273,10 @@ def _inspect(root: Path, rel: str, label: str | None) -> _Scan:
     except UnreadableImage as exc:
         cause = exc.__cause__
         scan.error = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-        if full.stat().st_size == 0:
+        if isinstance(cause, Image.DecompressionBombError):
+            scan.error = f"refused by PIL's decompression-bomb guard ({cause})"
+        elif full.stat().st_size == 0:
             scan.error = "empty file (0 bytes)"
-        return scan
-    except Image.DecompressionBombError as exc:
-        scan.error = f"refused by PIL's decompression-bomb guard ({exc})"
         return scan
     except OSError as exc:  # permission denied, vanished mid-scan
         scan.error = f"{type(exc).__name__}: {exc}"
@@ -280,22 +287,69 @@ def _inspect(root: Path, rel: str, label: str | None) -> _Scan:
     return scan
 
 
-def _walk(root: Path) -> tuple[list[str], list[tuple[str, str | None]], list[tuple[str, str | None]]]:
-    """(classes, image-named files as (path, class), other files as (path, class)); paths relative."""
+def _not_a_file(full: Path) -> str:
+    """Why an image-named path that is not a regular file cannot be used (for `unreadable`)."""
+    if full.is_symlink():
+        target = os.readlink(full)
+        if is_looping_link(full):
+            return (f"symbolic link loop ({full.name} -> {target}): it can never be opened; "
+                    "delete the link or replace it by the image")
+        if not full.exists():
+            return f"broken symbolic link ({full.name} -> {target}: the target does not exist)"
+    if full.is_dir():
+        return "a folder with an image name"
+    try:
+        mode = os.stat(full).st_mode
+        kind = ("named pipe (FIFO)" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+                else "device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
+        return f"not a regular file but a {kind}; it is never opened"
+    except OSError as exc:
+        return f"not a regular file ({type(exc).__name__}: {exc})"
+
+
+def _folder_link_detail(full: Path, cls: str | None) -> str:
+    """The `not_image` detail for a symlinked folder (never followed)."""
+    where = "at the dataset root" if cls is None else f"in class '{cls}'"
+    if not full.is_symlink():
+        return f"a folder ({where}) the loader does not read"
+    target = os.readlink(full)
+    if is_looping_link(full):
+        return (f"symbolic link loop ({full.name} -> {target}, {where}): a link to a folder that contains "
+                "it; not followed, the loader skips it")
+    return (f"symbolic link to a folder ({full.name} -> {target}, {where}): not followed, so its images are "
+            "not loaded; copy the folder in (or link each file) if they belong to this class")
+
+
+def _walk(root: Path) -> tuple[list[str], list[tuple[str, str | None]], list[tuple[str, str | None, str | None]]]:
+    """(classes, image-named files as (path, class), other entries as (path, class, detail or None));
+    paths relative. Symlinked folders inside a class, and looping ones at the root, are `others`."""
     classes = class_names(root)
     images: list[tuple[str, str | None]] = []
-    others: list[tuple[str, str | None]] = []
+    others: list[tuple[str, str | None, str | None]] = []
     with os.scandir(root) as it:
         for entry in sorted(it, key=lambda e: e.name):
             if entry.is_dir():  # class folders (or hidden folders, which the loader never reads)
+                if entry.name in classes or entry.name.startswith("."):
+                    continue
+                others.append((entry.name, None, _folder_link_detail(root / entry.name, None)))
                 continue
-            (images if is_image_name(entry.name) else others).append((entry.name, None))
+            if is_image_name(entry.name):
+                images.append((entry.name, None))
+            else:
+                others.append((entry.name, None, None))
     for cls in classes:
         for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            base = Path(dirpath)
+            for d in sorted(dirnames):
+                if not d.startswith(".") and (base / d).is_symlink():
+                    others.append(((base / d).relative_to(root).as_posix(), cls, _folder_link_detail(base / d, cls)))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (base / d).is_symlink())
             for name in sorted(filenames):
-                rel = (Path(dirpath) / name).relative_to(root).as_posix()
-                (images if is_image_name(name) else others).append((rel, cls))
+                rel = (base / name).relative_to(root).as_posix()
+                if is_image_name(name):
+                    images.append((rel, cls))
+                else:
+                    others.append((rel, cls, None))
     return classes, images, others
 
 
@@ -355,13 +409,17 @@ def audit_dataset(
     classes, image_files, other_files = _walk(root)
     problems: list[Problem] = []
 
-    for rel, _cls in other_files:
-        name = rel.rsplit("/", 1)[-1]
-        suffix = Path(name).suffix
-        why = "hidden file" if name.startswith(".") else (
-            f"extension '{suffix}' is not an image extension" if suffix else "no file extension")
-        where = "at the dataset root, in no class" if _cls is None else f"in class '{_cls}'"
-        problems.append(Problem(rel, "not_image", f"{why} ({where}); the loader skips it"))
+    for rel, _cls, detail in other_files:
+        if detail is None:
+            name = rel.rsplit("/", 1)[-1]
+            suffix = Path(name).suffix
+            why = "hidden file" if name.startswith(".") else (
+                f"extension '{suffix}' is not an image extension" if suffix else "no file extension")
+            if (root / rel).is_symlink() and is_looping_link(root / rel):
+                why += f", and a symbolic link loop (-> {os.readlink(root / rel)})"
+            where = "at the dataset root, in no class" if _cls is None else f"in class '{_cls}'"
+            detail = f"{why} ({where}); the loader skips it"
+        problems.append(Problem(rel, "not_image", detail))
 
     if workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))

@@ -54,12 +54,34 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     )
 
 
+def is_looping_link(path: str | Path) -> bool:
+    """True for a symbolic link that cannot be followed without going round in circles: a link to
+    itself or to another looping link (`x.jpg -> x.jpg`), or a link to a folder that contains it
+    (`daisy/loop -> ..`, `root/self -> .`)."""
+    path = Path(path)
+    if not path.is_symlink():
+        return False
+    try:
+        os.stat(path)
+    except OSError as exc:
+        import errno
+
+        return exc.errno == errno.ELOOP
+    target = os.path.realpath(path)
+    parent = os.path.realpath(path.parent)
+    return parent == target or parent.startswith(target.rstrip(os.sep) + os.sep)
+
+
 def class_names(root: str | Path) -> list[str]:
-    """Sorted names of the visible sub-folders of `root` (the classes)."""
+    """Sorted names of the visible sub-folders of `root` (the classes).
+
+    A symlinked folder counts (a class may live elsewhere), except one that loops back to `root` or
+    above it (`root/self -> .`): it would list the whole dataset again as one more class."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and not is_looping_link(p))
 
 
 @dataclass(frozen=True)
@@ -74,7 +96,9 @@ def list_images(root: str | Path) -> list[Sample]:
     """Every image-named file under each class folder (nested folders included), sorted by path.
 
     Non-image files (`flickr.py`, `.DS_Store`, a root `LICENSE.txt`) are skipped here; the audit
-    reports them. Symlinked directories are not followed, so a symlink loop cannot hang the scan.
+    reports them. Symlinked directories inside a class are not followed, so a symlink loop cannot
+    hang the scan; links to files are followed, and broken or looping ones (not regular files) are
+    skipped, as are named pipes and other special files, which could block a reader forever.
     """
     root = Path(root)
     samples: list[Sample] = []

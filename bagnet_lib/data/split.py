@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..io import atomic_write
-from .folder import Sample, list_images
+from .folder import Sample, class_names, list_images
 
 SPLITS = ("train", "val", "test")
 FRACTIONS = (0.7, 0.2, 0.1)
@@ -64,18 +64,43 @@ def stratified_split(samples: Sequence[Sample], seed: int = 0, fractions: Sequen
     return pd.DataFrame(rows, columns=["path", "label", "split"]).sort_values("path", ignore_index=True)
 
 
-def check_splittable(samples: Sequence[Sample], min_per_class: int = 3) -> None:
-    """Refuse, before any training, datasets that cannot give every class a train/val/test image."""
-    counts: dict[str, int] = defaultdict(int)
+def check_splittable(samples: Sequence[Sample], min_per_class: int = 3, *, classes: Sequence[str] | None = None,
+                     root: str | Path | None = None) -> None:
+    """Refuse, before any training, datasets that cannot give every class a train/val/test image.
+
+    `classes`: the class folders (`class_names(root)`); a folder with no usable sample is then refused
+    too, instead of becoming a model output that no image ever trains. `root` only makes the
+    messages name full folder paths.
+    """
+    counts: dict[str, int] = {c: 0 for c in classes or ()}
     for s in samples:
-        counts[s.label] += 1
+        counts[s.label] = counts.get(s.label, 0) + 1
+    where = f" at {Path(root).resolve()}" if root is not None else ""
+
+    def folder(c: str) -> str:
+        return f"{(Path(root) / c).resolve()}" if root is not None else f"'{c}'"
+
+    def listing(cs: Iterable[str]) -> str:
+        return "; ".join(f"{folder(c)} ({counts[c]} usable image{'s' if counts[c] != 1 else ''})" for c in cs)
+
     if len(counts) < 2:
-        raise UserError(f"The dataset has {len(counts)} class(es) with usable images ({dict(counts)}); "
-                        "classification needs at least two class folders with images.")
-    small = {c: n for c, n in counts.items() if n < min_per_class}
+        only = f": {listing(counts)}" if counts else ""
+        raise UserError(f"The dataset{where} has {len(counts)} class folder(s) with images{only} "
+                        f"({dict(counts)}); classification needs at least two class folders with images. "
+                        "Add a sub-folder of images for each other class (root/<class>/<image>.jpg), or point "
+                        "--data-dir / BAGNET_DATA at the folder that holds the class folders.")
+    small = sorted(c for c, n in counts.items() if n < min_per_class)
     if small:
+        empty = [c for c in small if counts[c] == 0]
+        what = ("no usable image (empty, or every image unreadable, under 33 px or filed under another class "
+                "too; `python -m bagnet_lib data audit` lists them)" if empty == small else
+                f"fewer than {min_per_class} usable images")
+        left = len(counts) - len(small)
+        also = ("" if left >= 2 else
+                f" Removing them would leave {left} class(es), so add images instead.")
         raise UserError(f"Classes with fewer than {min_per_class} usable images cannot be split into "
-                        f"train/val/test: {small}. Add images or remove those class folders.")
+                        f"train/val/test{where}: {listing(small)}. These class folders have {what}: add images "
+                        f"(at least {min_per_class} per class) or remove those class folders.{also}")
 
 
 def make_split(root: str | Path, seed: int = 0, audit=None, keep_conflicts: bool = False,
@@ -83,14 +108,16 @@ def make_split(root: str | Path, seed: int = 0, audit=None, keep_conflicts: bool
     """The project's split of the dataset at `root`, excluding what the audit says is unusable.
 
     `audit` is an `AuditReport` (run when None): unreadable and too-small files are always left out,
-    label-conflict groups unless `keep_conflicts`; duplicate groups stay within one split.
+    label-conflict groups unless `keep_conflicts`; duplicate groups stay within one split. Every class
+    folder must keep at least 3 usable images (else a `UserError` naming the folders, before any
+    training), since each folder is a model output.
     """
     from .audit import audit_dataset
 
     audit = audit if audit is not None else audit_dataset(root, progress=progress)
     excluded = audit.excluded_paths(keep_conflicts=keep_conflicts)
     samples = [s for s in list_images(root) if s.path not in excluded]
-    check_splittable(samples)
+    check_splittable(samples, classes=class_names(root), root=root)
     return stratified_split(samples, seed, fractions, audit.duplicate_groups)
 
 
