@@ -433,6 +433,20 @@ def test_a_single_class_dataset_is_refused(tmp_path, monkeypatch):
     assert "Add a sub-folder" in msg
 
 
+def test_a_manifest_split_also_refuses_an_empty_class_folder(tmp_path):
+    from bagnet_lib.data.split import read_manifest
+
+    root = _small_dataset(tmp_path / "data", {"daisy": 3, "rose": 3, "tulip": 0})
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,split\n" + "".join(f"{c}/{i}.jpg,{s}\n" for c in ("daisy", "rose")
+                                                 for i, s in enumerate(("train", "val", "test"))))
+    with pytest.raises(UserError) as err:
+        read_manifest(root, manifest)
+    assert str((root / "tulip").resolve()) in str(err.value) and "m.csv" in str(err.value)
+    (root / "tulip").rmdir()
+    assert len(read_manifest(root, manifest)) == 6
+
+
 def test_the_cli_split_refuses_an_empty_class_in_one_paragraph(tmp_path):
     root = _small_dataset(tmp_path / "data", {"daisy": 6, "rose": 6, "tulip": 0})
     env = {k: v for k, v in os.environ.items() if k not in ("BAGNET_DATA", "BAGNET_MANIFEST")}

@@ -164,3 +164,12 @@ def test_a_file_that_vanished_after_the_split_is_a_clear_error(synthetic_root, t
     (root / victim).unlink()
     with pytest.raises(UserError, match="data split"):
         load_split_tensors(root, df, "val", sorted(df["label"].unique()), 48, progress=False)
+
+
+def test_a_class_too_small_for_all_three_splits_is_refused(tmp_path, synthetic_root):
+    root = tmp_path / "few"
+    shutil.copytree(synthetic_root, root)
+    for extra in sorted((root / "tulip").glob("*.jpg"))[4:]:
+        extra.unlink()  # 4 tulips: 70/20/10 leaves tulip without a test image
+    with pytest.raises(UserError, match=r"tulip/ gets none in test \(4 images\)"):
+        make_split(root, seed=0)

@@ -109,8 +109,8 @@ def make_split(root: str | Path, seed: int = 0, audit=None, keep_conflicts: bool
 
     `audit` is an `AuditReport` (run when None): unreadable and too-small files are always left out,
     label-conflict groups unless `keep_conflicts`; duplicate groups stay within one split. Every class
-    folder must keep at least 3 usable images (else a `UserError` naming the folders, before any
-    training), since each folder is a model output.
+    folder must keep enough usable images for a train, a val and a test image (else a `UserError`
+    naming the folders, before any training), since each folder is a model output.
     """
     from .audit import audit_dataset
 
@@ -118,7 +118,16 @@ def make_split(root: str | Path, seed: int = 0, audit=None, keep_conflicts: bool
     excluded = audit.excluded_paths(keep_conflicts=keep_conflicts)
     samples = [s for s in list_images(root) if s.path not in excluded]
     check_splittable(samples, classes=class_names(root), root=root)
-    return stratified_split(samples, seed, fractions, audit.duplicate_groups)
+    split = stratified_split(samples, seed, fractions, audit.duplicate_groups)
+    counts = split.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=SPLITS, fill_value=0)
+    empty = {label: [s for s in SPLITS if row[s] == 0] for label, row in counts.iterrows() if (row == 0).any()}
+    if empty:
+        raise UserError(
+            f"Too few usable images to give every class a train, val and test image in {Path(root).resolve()}: "
+            + "; ".join(f"{label}/ gets none in {', '.join(splits)} ({int(counts.loc[label].sum())} images)"
+                        for label, splits in empty.items())
+            + ". Add images to those class folders (a 70/20/10 split needs about 10 per class) or remove them.")
+    return split
 
 
 def read_manifest(root: str | Path, manifest: str | Path) -> pd.DataFrame:
@@ -141,6 +150,12 @@ def read_manifest(root: str | Path, manifest: str | Path) -> pd.DataFrame:
                         f"{Path(root).resolve()} (e.g. {missing[0]}). Point --data-dir/BAGNET_DATA at the "
                         "dataset the manifest was made for.")
     df["label"] = df["path"].map(lambda p: Path(p).parts[0])
+    unused = [c for c in class_names(root) if c not in set(df["label"])]
+    if unused:  # each class folder is a model output: one the manifest never trains must not exist
+        folders = "; ".join(str((Path(root) / c).resolve()) for c in unused)
+        raise UserError(f"Split manifest {manifest} lists no image of the class folder(s) {folders}, which would "
+                        "become model outputs that no image trains. Remove those folders from the dataset (or "
+                        "point --data-dir/BAGNET_DATA at the dataset the manifest was made for).")
     return df[["path", "label", "split"]].sort_values("path", ignore_index=True)
 
 
