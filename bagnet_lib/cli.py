@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--aggregations", nargs="+", default=["mean", "zero"])
     w.add_argument("--out", default=None, help="CSV path (default RUN_DIR/results/sweep.csv)")
     _add_run_args(w)
+    b = sub.add_parser("bench", help="benchmarks: sweep (cache vs recompute), sparse (compute only kept patches), train")
+    b.add_argument("name", choices=["sweep", "sparse", "train"])
+    b.add_argument("--json", default=None, help="also write the result as JSON to this path")
+    b.add_argument("--quick", action="store_true", help="a small version (under a minute), used by the tests")
     r = sub.add_parser("reproduce", help="run notebooks 01-05 headless with papermill (the whole course)")
     r.add_argument("--run-dir", default=None, help="run directory (default runs/<profile>)")
     r.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
@@ -80,6 +84,18 @@ def _run(args: argparse.Namespace) -> int:
     progress = not getattr(args, "no_progress", False)
     if args.command == "data":
         return _data(args)
+    if args.command == "bench":
+        import importlib
+
+        from .io import write_json
+
+        bench = importlib.import_module(f"bagnet_lib.bench.{args.name}")
+        result = bench.run(quick=args.quick)
+        print(bench.format_table(result))
+        if args.json:
+            write_json(args.json, result)
+            print(f"written to {args.json}")
+        return 0
     from . import pipeline
     from .models import MODEL_NAMES
 
