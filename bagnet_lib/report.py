@@ -224,12 +224,44 @@ def render_report(summary: dict, figures: list[str] = (), figure_dir: str = "fig
     return "\n".join(lines)
 
 
+def compute_section(sparse: dict | None) -> list[str]:
+    """The paper's 'industrial applications' question, answered from `bench sparse` (results/bench/sparse.json)."""
+    if not sparse:
+        return []
+    lines = ["## Could blackout save computation?", "",
+             "The paper hoped that dropping patches could save compute. Dropping patch *logits* after the network "
+             "(as above) saves nothing: every patch was computed. A BagNet's logit at (i, j) depends only on its "
+             "own window, so dropped patches need not be computed at all (`bagnet_lib.sparse.patch_logits_at` crops "
+             "and runs only the kept windows) — but the dense network shares work between overlapping windows. "
+             f"Measured by `python -m bagnet_lib bench sparse` ({sparse.get('image_size')} px, width "
+             f"{sparse.get('width')}), the keep fraction below which computing only the kept patches is cheaper:", "",
+             "| model | break-even by FLOPs | break-even by wall time |", "| --- | --- | --- |"]
+    for name, m in sparse.get("models", {}).items():
+        be = m.get("break_even_keep_frac", {})
+        cell = lambda v: "cheaper at every fraction" if v is None or v >= 1.0 else f"{100 * v:.0f}% kept"  # noqa: E731
+        lines.append(f"| {name} | {cell(be.get('flops'))} | {cell(be.get('time'))} |")
+    b33 = sparse.get("models", {}).get("bagnet33", {}).get("break_even_keep_frac", {}).get("flops")
+    if b33 is not None and b33 < 1.0:
+        lines += ["", f"For BagNet-33, computing only the kept patches needs fewer FLOPs only when fewer than "
+                  f"{100 * b33:.0f}% of the patches are kept, i.e. when more than {100 * (1 - b33):.0f}% are blacked "
+                  "out; compare the drop curve above for what accuracy is left there."]
+    return lines + [""]
+
+
 def write_report(run: Run, minutes: float | None = None) -> dict:
     """Write results/summary.json and REPORT.md for `run`; return the summary."""
+    from .data.folder import PROJECT_ROOT
+
     summary = build_summary(run, minutes)
     write_json(run.results / "summary.json", summary)
     figures = sorted(p.name for p in (run.run_dir / "figures").glob("*.png"))
-    write_text(run.run_dir / "REPORT.md", render_report(summary, figures))
+    sparse_path = PROJECT_ROOT / "results" / "bench" / "sparse.json"
+    sparse = json.loads(sparse_path.read_text()) if sparse_path.is_file() else None
+    text = render_report(summary, figures)
+    if sparse:
+        head, sep, tail = text.partition("## Figures")
+        text = head + "\n".join(compute_section(sparse)) + "\n" + sep + tail
+    write_text(run.run_dir / "REPORT.md", text)
     return summary
 
 
