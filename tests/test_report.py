@@ -17,7 +17,7 @@ def test_compute_section_reads_the_sparse_benchmark():
 
 
 def test_paired_difference_is_exact_on_identical_and_opposite_models():
-    a = pd.DataFrame({"path": list("abcd"), "correct": [True, True, False, False]})
+    a = pd.DataFrame({"path": [f"img{i}" for i in range(40)], "correct": [True, True, False, False] * 10})
     same = paired_accuracy_difference(a, a)
     assert same["diff"] == 0 and same["ci"] == [0.0, 0.0]
     flipped = paired_accuracy_difference(a, a.assign(correct=~a["correct"]))
