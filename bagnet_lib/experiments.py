@@ -22,7 +22,6 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ class Run:
     seed: int
     split: pd.DataFrame
     classes: list[str]
+    _decoded: dict[str, ImageTensors] = field(default_factory=dict, repr=False)
 
     @property
     def results(self) -> Path:
@@ -70,9 +71,11 @@ class Run:
         return AuditReport.from_json(json.loads((self.run_dir / "audit.json").read_text()))
 
     def tensors(self, split: str, progress: bool = True) -> ImageTensors:
-        """Decoded images of one split (train/val/test), cached in RUN_DIR/cache."""
-        return load_split_tensors(self.data_dir, self.split, split, self.classes, self.profile.image_size,
-                                  self.run_dir / "cache", progress)
+        """Decoded images of one split (train/val/test), cached in RUN_DIR/cache and kept for this Run."""
+        if split not in self._decoded:  # figure helpers ask for the test split several times per notebook
+            self._decoded[split] = load_split_tensors(self.data_dir, self.split, split, self.classes,
+                                                      self.profile.image_size, self.run_dir / "cache", progress)
+        return self._decoded[split]
 
     def model(self, name: str, best: bool = True) -> torch.nn.Module:
         """The model `name` with its best checkpoint from this run loaded, in eval mode."""

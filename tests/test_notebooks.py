@@ -5,7 +5,6 @@ Runs on the shared flowers when present (with the paper's split), else on a smal
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nbformat
 import pytest
