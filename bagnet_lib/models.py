@@ -198,14 +198,22 @@ def bagnet33(num_classes: int = 1000, pretrained: bool = False, **kw) -> PatchRe
 
 
 def build_model(name: str, num_classes: int, pretrained: bool = False, feature_extract: bool = False,
-                width: float = 1.0) -> PatchResNet:
-    """A model with a new head for `num_classes`; `feature_extract` freezes all but `fc` (the paper)."""
+                width: float = 1.0, zero_init_residual: bool = False) -> PatchResNet:
+    """A model with a new head for `num_classes`; `feature_extract` freezes all but `fc` (the paper).
+
+    `zero_init_residual` (from-scratch training only) sets each block's last BatchNorm weight to 0, so
+    every residual block starts as the identity (Goyal et al. 2017; torchvision's flag of the same name).
+    """
     if name == "resnet50":
         model = resnet50(num_classes, pretrained=pretrained, width=width)
     elif name in BAGNET_KERNEL3:
         model = bagnet(name, num_classes, pretrained=pretrained, width=width)
     else:
         raise UserError(f"Unknown model {name!r}. Available: {', '.join(MODEL_NAMES)}.")
+    if zero_init_residual and not pretrained:
+        for block in model.modules():
+            if isinstance(block, Bottleneck):
+                nn.init.zeros_(block.bn3.weight)
     if feature_extract:
         for pname, p in model.named_parameters():
             p.requires_grad = pname.startswith("fc.")

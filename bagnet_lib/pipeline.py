@@ -196,7 +196,7 @@ def train_step(run: Run, model_name: str, progress: bool = True) -> dict:
     train, val, test = (run.tensors(s, progress) for s in ("train", "val", "test"))
     torch.manual_seed(run.seed)
     model = build_model(model_name, len(run.classes), pretrained=p.pretrained, feature_extract=p.feature_extract,
-                        width=p.width)
+                        width=p.width, zero_init_residual=p.zero_init_residual)
     t0 = time.perf_counter()
     result = train_model(model, train, val, p, run.run_dir / "checkpoints", model_name, run.seed, progress=progress,
                          history_path=run.results / f"{model_name}_history.csv")

@@ -295,9 +295,10 @@ def sample_images(root: str | Path, split: pd.DataFrame, per_class: int = 6, see
     return out
 
 
-def augmentation_examples(image: Tensor, size: int, n: int = 6, seed: int = 0) -> tuple[list[Tensor], Tensor]:
-    """`n` training augmentations and the eval view of one decoded uint8 image."""
+def augmentation_examples(image: Tensor, size: int, n: int = 6, seed: int = 0,
+                          scale_min: float = 0.08) -> tuple[list[Tensor], Tensor]:
+    """`n` training augmentations (smallest crop `scale_min` of the area) and the eval view of one image."""
     from .data.tensors import eval_transform, train_transform
 
     gen = torch.Generator().manual_seed(seed)
-    return [train_transform(image, size, gen) for _ in range(n)], eval_transform(image, size)
+    return [train_transform(image, size, gen, scale_min) for _ in range(n)], eval_transform(image, size)

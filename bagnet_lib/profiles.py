@@ -29,6 +29,8 @@ class Profile:
     schedule: str = "constant"  # "constant" | "cosine" (with linear warm-up)
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    crop_scale_min: float = 0.08  # RandomResizedCrop's smallest crop area (torchvision's default 0.08)
+    zero_init_residual: bool = False  # start each residual branch at zero (last BN weight = 0)
     images_per_class: int | None = None  # subsample the split (smoke runs)
     eval_batch_size: int = 64
     n_seeds: int = 30  # random masks per blackout setting
@@ -43,9 +45,10 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", image_size=64, width=0.125, epochs=1, batch_size=16, optimizer="sgd", lr=0.05,
                      weight_decay=5e-4, schedule="cosine", images_per_class=12, eval_batch_size=64,
                      n_seeds=3, curve_masks=5, pixel_seeds=1),
-    "cpu": Profile("cpu", image_size=112, width=0.25, epochs=20, batch_size=32, optimizer="sgd", lr=0.05,
+    # cpu: tuned by validation accuracy within the 60-minute course budget (README, "Profiles")
+    "cpu": Profile("cpu", image_size=112, width=0.25, epochs=28, batch_size=32, optimizer="sgd", lr=0.05,
                    weight_decay=5e-4, schedule="cosine", warmup_epochs=1, label_smoothing=0.1,
-                   n_seeds=30, curve_masks=100, pixel_seeds=3),
+                   crop_scale_min=0.35, zero_init_residual=True, n_seeds=30, curve_masks=100, pixel_seeds=3),
     "gpu": Profile("gpu", image_size=224, width=1.0, epochs=60, batch_size=64, optimizer="sgd", lr=0.1,
                    weight_decay=5e-4, schedule="cosine", warmup_epochs=2, label_smoothing=0.1,
                    eval_batch_size=128, n_seeds=100, curve_masks=200, pixel_seeds=10),

@@ -64,6 +64,47 @@ def blackout_summary(runs: pd.DataFrame) -> list[dict]:
     return out
 
 
+def drop_curve_summary(runs: pd.DataFrame) -> list[dict]:
+    """The drop curve (experiment `curve`): per fraction and aggregation, mean accuracy/loss and 95 % CIs."""
+    from .metrics import mean_ci
+
+    curve = runs[runs["experiment"] == "curve"]
+    out = []
+    for (model, frac, agg), g in curve.groupby(["model", "drop_frac", "aggregation"], sort=True):
+        out.append({"model": model, "drop_frac": float(frac), "aggregation": agg, "n_masks": len(g),
+                    "acc_mean": float(g["acc"].mean()), "acc_ci": list(mean_ci(g["acc"].tolist())),
+                    "loss_mean": float(g["loss"].mean()), "loss_ci": list(mean_ci(g["loss"].tolist()))})
+    return out
+
+
+STRUCTURED_ROWS = (("center", "keep the centre, drop the outer ring"), ("border", "keep the border, drop the centre"),
+                   ("topk", "keep the most confident patches"), ("bottomk", "keep the least confident patches"),
+                   ("random", "random (30+ masks, for reference)"))
+
+
+def structured_table(blackout: list[dict]) -> list[str]:
+    """Markdown rows of the structured-mask experiment (BagNet-33, `mean` aggregation) at 25/50/75 % dropped."""
+    lines = ["| patches dropped by | 25% | 50% | 75% |", "| --- | --- | --- | --- |"]
+    for kind, label in STRUCTURED_ROWS:
+        cells = [find(blackout, kind, frac) for frac in (0.25, 0.5, 0.75)]
+        lines.append(f"| {label} | " + " | ".join(f"{b['acc_mean']:.3f} (loss {b['loss_mean']:.3f})" if b else "–"
+                                                 for b in cells) + " |")
+    return lines
+
+
+def drop_curve_table(curve: list[dict], fracs=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)) -> list[str]:
+    """Markdown rows of the drop curve at a few fractions, `mean` next to `zero` aggregation."""
+    by = {(round(c["drop_frac"], 6), c["aggregation"]): c for c in curve if c["model"] == "bagnet33"}
+    lines = ["| dropped | masks | acc, `mean` [95% CI] | loss, `mean` | acc, `zero` | loss, `zero` |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for f in fracs:
+        m, z = by.get((round(f, 6), "mean")), by.get((round(f, 6), "zero"))
+        if m and z:
+            lines.append(f"| {100 * f:.0f}% | {m['n_masks']} | {m['acc_mean']:.3f} [{m['acc_ci'][0]:.3f}, "
+                         f"{m['acc_ci'][1]:.3f}] | {m['loss_mean']:.3f} | {z['acc_mean']:.3f} | {z['loss_mean']:.3f} |")
+    return lines
+
+
 def find(blackout: list[dict], kind: str, frac: float, agg: str = "mean", model: str = "bagnet33") -> dict | None:
     """The summary entry of one setting, or None."""
     for b in blackout:
@@ -97,7 +138,11 @@ def verdicts(summary: dict, runs: pd.DataFrame, predictions: dict[str, pd.DataFr
     out.append({"claim": "(a) BagNet-33 is comparable to ResNet-50", "verdict": v, "numbers": d,
                 "text": f"test accuracy BagNet-33 − ResNet-50 = {d['diff']:+.3f} (paired bootstrap 95% CI "
                         f"[{lo:+.3f}, {hi:+.3f}], n={d['n']}); 'comparable' means the interval lies within "
-                        f"±{COMPARABLE_MARGIN:.2f}. Paper: {PAPER_TABLE1['bagnet33']['test']['acc'] - PAPER_TABLE1['resnet50']['test']['acc']:+.3f}."})
+                        f"±{COMPARABLE_MARGIN:.2f}. Paper: {PAPER_TABLE1['bagnet33']['test']['acc'] - PAPER_TABLE1['resnet50']['test']['acc']:+.3f}."
+                        + ("" if summary["profile"] == "paper" else
+                           " Caveat: here both networks learn from scratch on the training split with the same "
+                           "epochs; the paper compared ImageNet-pretrained features with a retrained last layer, "
+                           "so this tests how fast each architecture learns from few images, not the paper's setting.")})
     # (b) patch-order-agnostic: alternating ≈ random 50 %
     r50 = runs[(runs["kind"] == "random") & (runs["drop_frac"] == 0.5) & (runs["aggregation"] == "mean")
                & (runs["experiment"] == "paper")]["acc"]
@@ -161,9 +206,30 @@ def build_summary(run: Run, minutes: float | None = None) -> dict:
                       "test": {k: v["test"][k] for k in ("acc", "loss", "acc_ci", "loss_ci")},
                       "best_epoch": v["best_epoch"], "train_seconds": v["train_seconds"]}
     summary["blackout"] = blackout_summary(runs)
+    summary["drop_curve"] = drop_curve_summary(runs)
     predictions = {m: pd.read_csv(run.results / f"{m}_test_predictions.csv") for m in ("resnet50", "bagnet33")}
     summary["verdicts"] = verdicts(summary, runs, predictions)
     return summary
+
+
+def table1(summary: dict) -> list[str]:
+    """Markdown rows of the paper's Table 1 with this run's numbers beside the paper's."""
+    lines = ["| setting | this run: acc [95% CI] | this run: loss | paper: acc | paper: loss |", "| --- | --- | --- | --- | --- |"]
+    for m, label in (("resnet50", "ResNet-50"), ("bagnet33", "BagNet-33")):
+        t, tr = summary[m]["test"], summary[m]["train"]
+        lines.append(f"| {label} (train) | {tr['acc']:.3f} | {tr['loss']:.3f} | {PAPER_TABLE1[m]['train']['acc']:.4f} | "
+                     f"{PAPER_TABLE1[m]['train']['loss']:.4f} |")
+        lines.append(f"| {label} | {t['acc']:.3f} [{t['acc_ci'][0]:.3f}, {t['acc_ci'][1]:.3f}] | {t['loss']:.3f} | "
+                     f"{PAPER_TABLE1[m]['test']['acc']:.4f} | {PAPER_TABLE1[m]['test']['loss']:.4f} |")
+    for label, kind, frac in (("alternating (checkerboard)", "checkerboard", 0.5), ("alternating (raster)", "raster", 0.5),
+                              ("random 25%", "random", 0.25), ("random 50%", "random", 0.5), ("random 75%", "random", 0.75)):
+        b = find(summary["blackout"], kind, frac)
+        paper = PAPER_TABLE1["alternating" if kind != "random" else label]
+        if b:
+            ci = f" [{b['acc_ci'][0]:.3f}, {b['acc_ci'][1]:.3f}]" if b["n_seeds"] > 1 else ""
+            lines.append(f"| BagNet-33, {label} ({b['n_seeds']} mask{'s' if b['n_seeds'] > 1 else ''}) | "
+                         f"{b['acc_mean']:.3f}{ci} | {b['loss_mean']:.3f} | {paper['acc']:.4f} | {paper['loss']:.4f} |")
+    return lines
 
 
 def render_report(summary: dict, figures: list[str] = (), figure_dir: str = "figures") -> str:
@@ -180,22 +246,7 @@ def render_report(summary: dict, figures: list[str] = (), figure_dir: str = "fig
     if summary["profile"] != "paper":
         lines += ["> Trained **from scratch** (profile settings in `bagnet_lib/profiles.py`); the paper fine-tuned the "
                   "last layer of ImageNet-pretrained networks, so absolute numbers are not expected to match.", ""]
-    lines += ["## Table 1: test accuracy / cross-entropy", "",
-              "| setting | this run: acc [95% CI] | this run: loss | paper: acc | paper: loss |", "| --- | --- | --- | --- | --- |"]
-    for m, label in (("resnet50", "ResNet-50"), ("bagnet33", "BagNet-33")):
-        t, tr = summary[m]["test"], summary[m]["train"]
-        lines.append(f"| {label} (train) | {tr['acc']:.3f} | {tr['loss']:.3f} | {PAPER_TABLE1[m]['train']['acc']:.4f} | "
-                     f"{PAPER_TABLE1[m]['train']['loss']:.4f} |")
-        lines.append(f"| {label} | {t['acc']:.3f} [{t['acc_ci'][0]:.3f}, {t['acc_ci'][1]:.3f}] | {t['loss']:.3f} | "
-                     f"{PAPER_TABLE1[m]['test']['acc']:.4f} | {PAPER_TABLE1[m]['test']['loss']:.4f} |")
-    for label, kind, frac in (("alternating (checkerboard)", "checkerboard", 0.5), ("alternating (raster)", "raster", 0.5),
-                              ("random 25%", "random", 0.25), ("random 50%", "random", 0.5), ("random 75%", "random", 0.75)):
-        b = find(summary["blackout"], kind, frac)
-        paper = PAPER_TABLE1["alternating" if kind != "random" else label]
-        if b:
-            ci = f" [{b['acc_ci'][0]:.3f}, {b['acc_ci'][1]:.3f}]" if b["n_seeds"] > 1 else ""
-            lines.append(f"| BagNet-33, {label} ({b['n_seeds']} mask{'s' if b['n_seeds'] > 1 else ''}) | "
-                         f"{b['acc_mean']:.3f}{ci} | {b['loss_mean']:.3f} | {paper['acc']:.4f} | {paper['loss']:.4f} |")
+    lines += ["## Table 1: test accuracy / cross-entropy", ""] + table1(summary)
     lines += ["", "Train rows: the training images under the evaluation transform. Blackout rows: `mean` aggregation "
               "(dropped patch logits left out of the mean); intervals over random masks. The paper's random 75% column "
               "repeats its 50% column (most likely a copy error).", "",
@@ -211,6 +262,16 @@ def render_report(summary: dict, figures: list[str] = (), figure_dir: str = "fig
             b = find(summary["blackout"], kind, frac, agg, model)
             cells.append(f"{b['acc_mean']:.3f} (loss {b['loss_mean']:.3f})" if b else "–")
         lines.append(f"| {label} | {model} | {agg} | " + " | ".join(cells) + " |")
+    if summary.get("drop_curve"):
+        lines += ["", "## The drop curve (BagNet-33, random patch masks)", "",
+                  "Each row: the same random masks scored with the dropped patch logits left out of the mean (`mean`) "
+                  "and set to 0 (`zero`); the interval is over masks. The full curve (every 5 %) is in "
+                  "`results/<profile>/summary.json` and the drop-curve figure.", ""]
+        lines += drop_curve_table(summary["drop_curve"])
+    lines += ["", "## Structured masks (BagNet-33, patch logits, `mean` aggregation; test accuracy)", "",
+              "Patches dropped by position or by confidence, next to random "
+              "masks at the same fraction.", ""]
+    lines += structured_table(summary["blackout"])
     lines += ["", "## Verdicts on the paper's claims", ""]
     for v in summary.get("verdicts", []):
         lines += [f"- **{v['claim']}: {v['verdict']}.** {v['text']}"]
@@ -271,3 +332,63 @@ def report_markdown(run: Run, relative_to: str | Path = ".") -> str:
 
     figs = os.path.relpath(run.figures, relative_to)
     return (run.run_dir / "REPORT.md").read_text().replace("](figures/", f"]({figs}/")
+
+
+# --------------------------------------------------------------------------- README blocks
+NOTEBOOK_LABELS = {"01_data_exploration.ipynb": "01 data", "02_train_resnet50.ipynb": "02 ResNet-50",
+                   "03_train_bagnet33.ipynb": "03 BagNet-33", "04_blackout_experiments.ipynb": "04 blackout",
+                   "05_writeup.ipynb": "05 write-up"}
+
+
+def readme_results_block(summary: dict, profile_settings: dict) -> str:
+    """The README's results section for a published run: Table 1, verdicts, the two key figures."""
+    p, name = profile_settings, summary["profile"]
+    minutes = f"{summary['minutes']:.1f} min" if summary.get("minutes") else "time not recorded"
+    lines = [f"Reference run: profile `{name}` (from scratch: {p['image_size']} px, width {p['width']}, "
+             f"{p['epochs']} epochs), the paper's split, seed {summary['seed']}, {summary['n_test']} test images; "
+             f"all five notebooks took {minutes} on this project's 2-core machine. Full report with every table "
+             f"and figure: [REPORT.md](REPORT.md); numbers: `results/{name}/summary.json`.", "",
+             "Table 1, this run next to the paper's (the paper fine-tuned ImageNet-pretrained networks; this run "
+             "trains from scratch, so absolute accuracies are not expected to match):", ""]
+    lines += table1(summary)
+    lines += ["", "The paper's claims, each with the numbers it rests on (definitions and figures in REPORT.md):", ""]
+    lines += [f"- **{v['claim']}: {v['verdict']}.** {v.get('text', '')}".rstrip() for v in summary.get("verdicts", [])]
+    lines += ["", f"![Accuracy and cross-entropy vs fraction of patches dropped](figures/{name}/04_drop_curve.png)", "",
+              f"![The paper's four blackout settings on one test image](figures/{name}/04_blackout_masks.png)", ""]
+    return "\n".join(lines)
+
+
+def readme_timings_block(summary: dict) -> str:
+    """One table row per notebook: the published run's wall times (the runner's timings.json)."""
+    t = summary.get("notebook_seconds") or {}
+    names = [n for n in NOTEBOOK_LABELS if n in t]
+    if not names:
+        return f"No per-notebook times were recorded for the `{summary['profile']}` run."
+    return "\n".join([f"`{summary['profile']}` profile, the published run (seconds per notebook):", "",
+                      "| " + " | ".join(NOTEBOOK_LABELS[n] for n in names) + " | total |",
+                      "| " + " | ".join("---" for _ in names) + " | --- |",
+                      "| " + " | ".join(f"{t[n]:.0f}" for n in names) + f" | {sum(t[n] for n in names) / 60:.1f} min |"])
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """Replace what lies between `<!-- name:start -->` and `<!-- name:end -->` in `text`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise ValueError(f"README has no '{start}' … '{end}' block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{content.strip()}\n{end}{tail}"
+
+
+def update_readme(readme: str | Path, summary: dict, profile_settings: dict) -> bool:
+    """Rewrite the README's `results` and `timings` blocks from a published run; False if it has none."""
+    readme = Path(readme)
+    text = readme.read_text()
+    try:
+        new = replace_block(text, "results", readme_results_block(summary, profile_settings))
+        new = replace_block(new, "timings", readme_timings_block(summary))
+    except ValueError:
+        return False
+    if new != text:
+        write_text(readme, new)
+    return True

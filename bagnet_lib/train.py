@@ -135,7 +135,8 @@ def train_model(model: nn.Module, train: ImageTensors, val: ImageTensors, profil
         t0 = time.perf_counter()
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        batches = train_batches(train, profile.image_size, profile.batch_size, seed, epoch)
+        batches = train_batches(train, profile.image_size, profile.batch_size, seed, epoch,
+                                scale_min=profile.crop_scale_min)
         bar = tqdm(batches, total=steps, desc=f"{name} epoch {epoch + 1}/{profile.epochs}", disable=not progress,
                    leave=False)
         for x, y in bar:

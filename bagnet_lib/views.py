@@ -39,7 +39,8 @@ def image_sizes(run: Run) -> tuple[Figure, pd.DataFrame]:
 def augmentations(run: Run, index: int = 0, n: int = 6) -> Figure:
     """One training image, its eval view and `n` training augmentations (notebook 01)."""
     train = run.tensors("train", progress=False)
-    augmented, eval_view = plots.augmentation_examples(train.images[index], run.profile.image_size, n, run.seed)
+    augmented, eval_view = plots.augmentation_examples(train.images[index], run.profile.image_size, n, run.seed,
+                                                       run.profile.crop_scale_min)
     return plots.plot_augmentations(train.images[index], augmented, eval_view, run.figures / "01_augmentation.png")
 
 

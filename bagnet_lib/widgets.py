@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import math
 import operator
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -224,6 +225,7 @@ class BlackoutExplorer:
         artists instead of rebuilding axes keeps a slider move cheap.
         """
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         fig = Figure(figsize=(15.5, 5.0), layout="constrained")
         ax_img, ax_map, ax_bar = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.15, 1.1]})
@@ -239,6 +241,8 @@ class BlackoutExplorer:
                                     interpolation="nearest")
         ax_map.set_xlim(-0.5, w - 0.5)
         ax_map.set_ylim(h - 0.5, -0.5)
+        ax_map.xaxis.set_major_locator(MaxNLocator(integer=True))  # patch indices, not half-cells
+        ax_map.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax_map.set_xlabel("patch column")
         ax_map.set_ylabel("patch row")
         fig.colorbar(a["map_im"], ax=ax_map, label="patch logit", shrink=0.85)
@@ -355,9 +359,15 @@ class BlackoutExplorer:
             sync_enabled()
             try:
                 state = self.update(image.value, pattern.value, drop.value, seed.value, agg.value)
-            except ValueError as exc:  # should not happen with these controls; show it rather than swallow it
-                line.value = f"<b style='color:firebrick'>error:</b> {exc}"
-                return
+            except Exception as exc:  # JupyterLab shows a callback's error nowhere: show it in the explorer
+                line.value = (f"<b style='color:firebrick'>error in the explorer:</b> "
+                              f"{_html_escape(f'{type(exc).__name__}: {exc}')}")
+                with out:
+                    out.clear_output()
+                    traceback.print_exc()
+                if isinstance(exc, ValueError):  # a setting the controls should not allow: shown, not fatal
+                    return
+                raise  # a bug: also reaches the kernel's log (and the browser test)
             color = "firebrick" if state.changed else "inherit"
             line.value = f"<span style='font-family:monospace;color:{color}'>{_html_escape(state.text)}</span>"
             with out:

@@ -105,3 +105,15 @@ def test_width_scales_every_stage_and_the_head():
 def test_unknown_model_is_a_user_error():
     with pytest.raises(UserError, match="resnet50, bagnet9, bagnet17, bagnet33"):
         build_model("vgg16", 5)
+
+
+def test_zero_init_residual_makes_every_block_start_as_its_shortcut():
+    torch.manual_seed(0)
+    model = build_model("bagnet33", 5, width=0.125, zero_init_residual=True).eval()
+    blocks = [m for m in model.modules() if type(m).__name__ == "Bottleneck"]
+    assert len(blocks) == 16 and all(torch.count_nonzero(b.bn3.weight) == 0 for b in blocks)
+    block = model.layer3[1]  # no downsample: the block is relu(x) at initialisation
+    x = torch.randn(2, block.conv1.in_channels, 6, 6)
+    torch.testing.assert_close(block(x), torch.relu(x))
+    default = build_model("bagnet33", 5, width=0.125)
+    assert all(torch.all(b.bn3.weight == 1) for b in default.modules() if type(b).__name__ == "Bottleneck")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bagnet_lib.report import compute_section, paired_accuracy_difference
+from bagnet_lib.report import (compute_section, drop_curve_summary, drop_curve_table, paired_accuracy_difference,
+                               structured_table, update_readme)
 
 
 def test_compute_section_reads_the_sparse_benchmark():
@@ -24,3 +25,71 @@ def test_paired_difference_is_exact_on_identical_and_opposite_models():
     assert flipped["diff"] == 0 and flipped["ci"][0] < 0 < flipped["ci"][1]
     better = paired_accuracy_difference(a, a.assign(correct=True))
     assert better["diff"] == 0.5 and better["ci"][0] > 0
+
+
+def test_drop_curve_summary_and_table_pair_mean_with_zero():
+    rows = []
+    for frac in (0.0, 0.25, 0.5):
+        for seed in range(4):
+            for agg, loss in (("mean", 0.5 + frac), ("zero", 0.5 + 2 * frac)):
+                rows.append({"experiment": "curve", "model": "bagnet33", "kind": "random", "drop_frac": frac,
+                             "seed": seed, "aggregation": agg, "acc": 0.8 - frac * 0.1 * (seed % 2), "loss": loss})
+    rows.append({"experiment": "paper", "model": "bagnet33", "kind": "random", "drop_frac": 0.5, "seed": 0,
+                 "aggregation": "mean", "acc": 0.1, "loss": 9.0})  # not part of the curve
+    curve = drop_curve_summary(pd.DataFrame(rows))
+    assert len(curve) == 6 and {c["n_masks"] for c in curve} == {4}
+    half = next(c for c in curve if c["drop_frac"] == 0.5 and c["aggregation"] == "mean")
+    assert abs(half["acc_mean"] - 0.775) < 1e-12 and half["acc_ci"][0] < 0.775 < half["acc_ci"][1]
+    table = "\n".join(drop_curve_table(curve, fracs=(0.0, 0.5, 0.9)))
+    assert "| 50% | 4 | 0.775 [" in table and "| 1.000 | 0.775 | 1.500 |" in table
+    assert "| 0% | 4 | 0.800 [0.800, 0.800] | 0.500 | 0.800 | 0.500 |" in table
+    assert "90%" not in table  # fractions without data are left out, not invented
+
+
+def test_structured_table_names_what_each_mask_keeps():
+    entry = lambda kind, frac, acc: {"kind": kind, "drop_frac": frac, "aggregation": "mean",  # noqa: E731
+                                     "model": "bagnet33", "acc_mean": acc, "loss_mean": 1.0}
+    table = "\n".join(structured_table([entry("topk", 0.75, 0.9), entry("bottomk", 0.75, 0.3)]))
+    assert "| keep the most confident patches | – | – | 0.900 (loss 1.000) |" in table
+    assert "| keep the least confident patches | – | – | 0.300 (loss 1.000) |" in table
+    assert "| keep the centre, drop the outer ring | – | – | – |" in table
+
+
+def _summary() -> dict:
+    model = lambda acc: {"train": {"acc": acc + 0.05, "loss": 0.5},  # noqa: E731
+                         "test": {"acc": acc, "loss": 0.7, "acc_ci": [acc - 0.04, acc + 0.04]}}
+    return {"profile": "cpu", "seed": 0, "n_test": 426, "minutes": 2475.2 / 60,
+            "notebook_seconds": {"01_data_exploration.ipynb": 70.2, "02_train_resnet50.ipynb": 600.0,
+                                 "03_train_bagnet33.ipynb": 1700.4, "04_blackout_experiments.ipynb": 100.0,
+                                 "05_writeup.ipynb": 4.6},
+            "resnet50": model(0.781), "bagnet33": model(0.762),
+            "blackout": [{"kind": "random", "drop_frac": 0.25, "aggregation": "mean", "model": "bagnet33",
+                          "n_seeds": 30, "acc_mean": 0.76, "acc_ci": [0.755, 0.765], "loss_mean": 0.71}],
+            "verdicts": [{"claim": "(c) about 25% of patches can be dropped", "verdict": "supported"}]}
+
+
+def test_update_readme_rewrites_only_its_marked_blocks(tmp_path):
+    readme = tmp_path / "README.md"
+    before = ("# title\n\nintro\n\n## Results\n<!-- results:start -->\nold table\n<!-- results:end -->\n\n"
+              "## Performance\n<!-- timings:start -->\nold times\n<!-- timings:end -->\ntail text\n")
+    readme.write_text(before)
+    settings = {"image_size": 112, "width": 0.25, "epochs": 30}
+    assert update_readme(readme, _summary(), settings)
+    text = readme.read_text()
+    assert "old table" not in text and "old times" not in text
+    assert text.startswith("# title\n\nintro\n\n## Results\n<!-- results:start -->\n") and text.endswith("tail text\n")
+    assert "| ResNet-50 | 0.781 [0.741, 0.821] | 0.700 | 0.9093 | 0.2847 |" in text
+    assert "| BagNet-33, random 25% (30 masks) | 0.760 [0.755, 0.765] | 0.710 | 0.8827 | 0.4123 |" in text
+    assert "112 px, width 0.25, 30 epochs" in text and "41.3 min" in text
+    assert "- **(c) about 25% of patches can be dropped: supported.**" in text
+    assert "](figures/cpu/04_drop_curve.png)" in text and "](figures/cpu/04_blackout_masks.png)" in text
+    assert "| 70 | 600 | 1700 | 100 | 5 | 41.3 min |" in text
+    assert update_readme(readme, _summary(), settings) and readme.read_text() == text  # idempotent
+
+
+def test_update_readme_leaves_a_readme_without_blocks_alone(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n<!-- results:start -->\nonly one of the two blocks\n<!-- results:end -->\n")
+    before = readme.read_bytes()
+    assert update_readme(readme, _summary(), {"image_size": 112, "width": 0.25, "epochs": 30}) is False
+    assert readme.read_bytes() == before

@@ -10,8 +10,8 @@ from PIL import Image
 
 from bagnet_lib.data.folder import Sample, list_images, resolve_data_dir
 from bagnet_lib.data.split import (check_splittable, make_split, read_manifest, stratified_split, subsample)
-from bagnet_lib.data.tensors import (decode_images, eval_transform, load_split_tensors, train_batches,
-                                     train_transform)
+from bagnet_lib.data.tensors import (decode_images, eval_transform, load_split_tensors, random_resized_crop_params,
+                                     train_batches, train_transform)
 from bagnet_lib.errors import UserError
 
 from .conftest import PAPER_SPLIT
@@ -154,6 +154,20 @@ def test_transforms_and_reproducible_epochs(synthetic_root):
     assert len(a) == len(data) // 8
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
     assert not torch.equal(a[0][0], c[0][0])
+
+
+def test_crop_scale_min_bounds_the_crop_area():
+    """scale_min=1 with a square image is the whole image resized; the default crops much smaller areas."""
+    img = torch.arange(3 * 64 * 64, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, 64, 64)
+    g = torch.Generator().manual_seed(0)
+    whole = torch.nn.functional.interpolate(img[None].float(), size=32, mode="bilinear", antialias=True)[0]
+    for _ in range(5):
+        out = train_transform(img, 32, g, scale_min=1.0).float()
+        assert torch.allclose(out, whole, atol=1) or torch.allclose(out, whole.flip(-1), atol=1)
+    areas = [random_resized_crop_params(64, 64, g, scale=(0.08, 1.0)) for _ in range(50)]
+    assert min(ch * cw for _, _, ch, cw in areas) < 0.3 * 64 * 64
+    assert min(ch * cw for _, _, ch, cw in (random_resized_crop_params(64, 64, g, scale=(0.5, 1.0))
+                                            for _ in range(50))) >= 0.45 * 64 * 64
 
 
 def test_a_file_that_vanished_after_the_split_is_a_clear_error(synthetic_root, tmp_path):

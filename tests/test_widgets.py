@@ -237,3 +237,19 @@ def test_widget_controls_drive_updates(cache, images):
     c["pattern"].value = "raster"
     assert slider.disabled and explorer.state.pattern == "raster"
     assert len(plt.get_fignums()) <= 1
+
+
+def test_an_error_in_an_update_is_shown_in_the_explorer_and_not_swallowed(cache, images, monkeypatch):
+    """JupyterLab shows a widget callback's exception nowhere, so the explorer must show it itself."""
+    pytest.importorskip("ipywidgets")
+    explorer = BlackoutExplorer(cache, images, max_images=3)
+    explorer.widget()
+    c = explorer.controls
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(explorer, "update", broken)
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        c["seed"].value = 7
+    assert "error in the explorer:" in c["text"].value and "RuntimeError: broken on purpose" in c["text"].value

@@ -135,9 +135,9 @@ def random_resized_crop_params(h: int, w: int, gen: torch.Generator, scale=(0.08
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def train_transform(img: Tensor, size: int, gen: torch.Generator) -> Tensor:
-    """RandomResizedCrop(size) + RandomHorizontalFlip on a uint8 tensor, driven by `gen`."""
-    top, left, ch, cw = random_resized_crop_params(img.shape[-2], img.shape[-1], gen)
+def train_transform(img: Tensor, size: int, gen: torch.Generator, scale_min: float = 0.08) -> Tensor:
+    """RandomResizedCrop(size, scale=(scale_min, 1)) + RandomHorizontalFlip on a uint8 tensor, driven by `gen`."""
+    top, left, ch, cw = random_resized_crop_params(img.shape[-2], img.shape[-1], gen, scale=(scale_min, 1.0))
     out = TF.resized_crop(img, top, left, ch, cw, [size, size], antialias=True)
     if torch.rand(1, generator=gen).item() < 0.5:
         out = TF.horizontal_flip(out)
@@ -164,14 +164,14 @@ def eval_batch(data: ImageTensors, size: int) -> Tensor:
 
 
 def train_batches(data: ImageTensors, size: int, batch_size: int, seed: int, epoch: int,
-                  drop_last: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+                  drop_last: bool = True, scale_min: float = 0.08) -> Iterator[tuple[Tensor, Tensor]]:
     """Shuffled, augmented uint8 batches for one epoch; identical for the same (seed, epoch)."""
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(data), generator=gen)
     stop = len(order) - len(order) % batch_size if drop_last and len(order) >= batch_size else len(order)
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size].tolist()
-        yield (torch.stack([train_transform(data.images[i], size, gen) for i in idx]), data.labels[idx])
+        yield (torch.stack([train_transform(data.images[i], size, gen, scale_min) for i in idx]), data.labels[idx])
 
 
 def eval_batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
