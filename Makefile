@@ -46,7 +46,7 @@ test: $(STAMP)
 	BAGNET_DATA=$(DATA_ABS) $(PY) -m pytest -m "not browser" $(PYTEST_ARGS)
 
 # Notebook 04 in a real JupyterLab in headless Chromium (Debian's `chromium` on PATH; skips, saying why,
-# without it): runs the notebook, moves the explorer's controls, checks that it redraws. 1.5-2 min.
+# without it): runs the notebook, moves the explorer's controls, checks that it redraws. 1-2 min.
 test-browser: $(STAMP)
 	@echo ">>> the blackout explorer in JupyterLab, in headless Chromium ($(or $(shell command -v chromium),no chromium on PATH: the test will skip))"
 	BAGNET_DATA=$(DATA_ABS) $(PY) -m pytest -m browser tests/test_browser.py $(PYTEST_ARGS)
