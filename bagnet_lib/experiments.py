@@ -138,14 +138,14 @@ def sweep(cache: LogitCache, kinds: Iterable[str], drop_fracs: Iterable[float], 
 
 
 def summarize_sweep(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, 95 % interval (normal approximation over seeds) and count per kind/fraction/aggregation."""
+    """Mean, 95 % intervals (normal approximation over seeds) and count per kind/fraction/aggregation."""
     from .metrics import mean_ci
 
     out = []
     for (kind, frac, agg), g in df.groupby(["kind", "drop_frac", "aggregation"], sort=True):
-        lo, hi = mean_ci(g["acc"].tolist())
         out.append({"kind": kind, "drop_frac": frac, "aggregation": agg, "n_seeds": len(g),
-                    "acc_mean": g["acc"].mean(), "acc_ci": [lo, hi], "loss_mean": g["loss"].mean(),
+                    "acc_mean": g["acc"].mean(), "acc_ci": list(mean_ci(g["acc"].tolist())),
+                    "loss_mean": g["loss"].mean(), "loss_ci": list(mean_ci(g["loss"].tolist())),
                     "acc_std": g["acc"].std(ddof=1) if len(g) > 1 else 0.0})
     return pd.DataFrame(out)
 

@@ -66,14 +66,12 @@ def blackout_summary(runs: pd.DataFrame) -> list[dict]:
 
 def drop_curve_summary(runs: pd.DataFrame) -> list[dict]:
     """The drop curve (experiment `curve`): per fraction and aggregation, mean accuracy/loss and 95 % CIs."""
-    from .metrics import mean_ci
-
-    curve = runs[runs["experiment"] == "curve"]
     out = []
-    for (model, frac, agg), g in curve.groupby(["model", "drop_frac", "aggregation"], sort=True):
-        out.append({"model": model, "drop_frac": float(frac), "aggregation": agg, "n_masks": len(g),
-                    "acc_mean": float(g["acc"].mean()), "acc_ci": list(mean_ci(g["acc"].tolist())),
-                    "loss_mean": float(g["loss"].mean()), "loss_ci": list(mean_ci(g["loss"].tolist()))})
+    for model, g in runs[runs["experiment"] == "curve"].groupby("model", sort=True):
+        for row in summarize_sweep(g).to_dict("records"):
+            out.append({"model": model, "drop_frac": float(row["drop_frac"]), "aggregation": row["aggregation"],
+                        "n_masks": row["n_seeds"], "acc_mean": float(row["acc_mean"]), "acc_ci": row["acc_ci"],
+                        "loss_mean": float(row["loss_mean"]), "loss_ci": row["loss_ci"]})
     return out
 
 

@@ -39,6 +39,7 @@ from .. import masks
 from ..models import bagnet
 from ..plots import save
 from ..sparse import patch_logits_at
+from .common import calibrate_batchnorm
 
 MODELS = ("bagnet9", "bagnet17", "bagnet33")
 KEEP_FRACS = (0.01, 0.05, 0.10, 0.15, 0.25, 0.50, 0.75, 1.00)
@@ -78,23 +79,6 @@ def _time_once(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def calibrate_batchnorm(model: nn.Module, size: int, batches: int = 2, batch: int = 2, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm running statistics from `batches` random batches (cumulative average), then eval."""
-    gen = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            model.patch_logits(torch.rand((batch, 3, size, size), generator=gen) * 2 - 1)
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-    return model.eval()
 
 
 def break_even(fracs: list[float], ratios: list[float]) -> tuple[float | None, str]:
@@ -160,7 +144,8 @@ def bench_model(name: str, image_size: int, width: float, keep_fracs: tuple[floa
     """All points of one model (see module docstring)."""
     torch.manual_seed(seed)
     model = bagnet(name, num_classes=num_classes, width=width)
-    calibrate_batchnorm(model, size=min(image_size, 64), seed=seed)
+    size, calib = min(image_size, 64), torch.Generator().manual_seed(seed)
+    calibrate_batchnorm(model, (torch.rand((2, 3, size, size), generator=calib) * 2 - 1 for _ in range(2)))
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.rand((1, 3, image_size, image_size), generator=gen) * 2 - 1
     h, w = model.geometry.grid_size(image_size, image_size)

@@ -32,6 +32,7 @@ from ..experiments import cache_logits, sweep
 from ..masks import make_mask
 from ..models import build_model
 from ..profiles import get_profile
+from .common import calibrate_batchnorm
 
 MODEL = "bagnet33"
 NUM_CLASSES = 5
@@ -60,24 +61,6 @@ def _test_images(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def _calibrate_batchnorm(model, images: torch.Tensor, batch_size: int) -> None:
-    """Set BatchNorm running statistics from the images (cumulative average), as training would.
-
-    Without this a random-init network in eval mode normalises with mean 0 / variance 1, activations
-    grow layer by layer and the logits are in the hundreds, a scale no trained model has (and one at
-    which float32 rounding alone moves the cross-entropy by ~1e-5).
-    """
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    for x, _ in eval_batches(images, images.new_zeros(len(images)), batch_size):
-        model(normalize(x))
-    model.eval()
-
-
-@torch.no_grad()
 def _recompute(model, images, labels, frac: float, seed: int, agg: str, batch_size: int) -> tuple[float, float]:
     """One configuration the paper's way: a full forward pass, then mask + aggregation + scores."""
     pl = torch.cat([model.patch_logits(normalize(x)) for x, _ in eval_batches(images, labels, batch_size)])
@@ -96,7 +79,7 @@ def run(quick: bool = False) -> dict:
     model = build_model(MODEL, NUM_CLASSES, width=profile.width).eval()
     images, labels = _test_images(s["images"], profile.image_size)
     bs = profile.eval_batch_size
-    _calibrate_batchnorm(model, images, bs)
+    calibrate_batchnorm(model, (normalize(x) for x, _ in eval_batches(images, labels, bs)))
 
     t0 = time.perf_counter()
     cache = cache_logits(model, images, labels, batch_size=bs, progress=False)
