@@ -22,10 +22,11 @@ MANIFEST_ABS = $(if $(MANIFEST),$(abspath $(MANIFEST)))
 MANIFEST   ?= $(if $(and $(DATA),$(filter $(abspath $(DATA)),$(abspath $(SHARED_DATA)))),$(wildcard $(SHARED_MANIFEST)),)
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-browser reproduce lab clean
+.PHONY: help setup test test-fast test-browser reproduce lab clean
 
 help:
 	@echo "make test        create .venv, install, run pytest (all but the browser test)"
+	@echo "make test-fast   the quick lane: pytest without the tests marked slow (under a minute)"
 	@echo "make test-browser  the blackout explorer in JupyterLab, driven in headless Chromium (needs chromium on PATH)"
 	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR))"
 	@echo "make lab         open JupyterLab in this environment"
@@ -44,6 +45,11 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	@echo ">>> running the test suite (data: $(or $(DATA),none; data tests skip))"
 	BAGNET_DATA=$(DATA_ABS) $(PY) -m pytest -m "not browser" $(PYTEST_ARGS)
+
+# The quick lane while iterating: everything but the tests marked `slow` (notebook runs, training subprocesses,
+# smoke pipelines, benchmarks) and the browser test.
+test-fast: $(STAMP)
+	BAGNET_DATA=$(DATA_ABS) $(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 # Notebook 04 in a real JupyterLab in headless Chromium (Debian's `chromium` on PATH; skips, saying why,
 # without it): runs the notebook, moves the explorer's controls, checks that it redraws. 1-2 min.

@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, CSV or JSON."""
+"""Atomic file writes: a reader never sees a half-written checkpoint, CSV or JSON.
+
+`atomic_write(path, …)` writes `.<name>.<random>.tmp` beside `path` and moves it onto `path` with
+`os.replace`. A process killed in between leaves that temporary file behind (and `path` as it was);
+`remove_stale_temporaries(path)` deletes such leftovers when a run resumes. They are never read.
+"""
 from __future__ import annotations
 
 import json
@@ -6,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from .faults import fault_mid_write
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -16,11 +23,32 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        fault_mid_write(Path(tmp), path)  # a test's named crash point; a no-op otherwise
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def temporary_pattern(path: str | Path) -> str:
+    """The glob of `atomic_write`'s temporary files for `path` (`.<name>.*.tmp`)."""
+    return f".{Path(path).name}.*.tmp"
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files an interrupted `atomic_write` of `path` left beside it; return them.
+
+    Call it only where no other process can be writing `path` at the same time (a resuming run owns
+    its run directory). Each removal is reported on stdout.
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(temporary_pattern(path))) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+        print(f"[resume] removed {tmp.name}: a half-written copy of {path.name} left by an interrupted run "
+              "(never read)")
+    return stale
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -7,6 +7,13 @@ the best validation epoch is kept in `<name>_best.pt`. Calling `train_model` aga
 settings resumes after the last complete epoch (or returns at once if training is finished), and ends
 with exactly the metrics of an uninterrupted run, because each epoch's shuffling and augmentation
 depend only on (seed, epoch).
+
+The writes at the end of an epoch come in this order: `<name>_best.pt` (when validation improved),
+`<name>_last.pt`, `<name>_history.csv`. A process killed anywhere (tests kill it at each named point of
+`faults.py`: after any batch, half-way through any of the three writes, between any two of them)
+resumes from `<name>_last.pt`, the single source of truth: the history CSV is rewritten from it,
+an epoch whose checkpoint did not reach the disk is trained again (identically), and temporary files
+of interrupted writes are deleted, never read.
 """
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ from tqdm.auto import tqdm
 
 from .data.tensors import ImageTensors, eval_batch, eval_batches, normalize, train_batches
 from .errors import UserError
-from .io import atomic_write
+from .faults import fault_point
+from .io import atomic_write, remove_stale_temporaries
 from .metrics import accuracy, cross_entropy
 from .profiles import Profile
 from .weights import load_state_dict_file
@@ -120,6 +128,8 @@ def train_model(model: nn.Module, train: ImageTensors, val: ImageTensors, profil
     history: list[dict] = []
     best = {"epoch": 0, "val_acc": -1.0}
     start_epoch = 0
+    for path in (last_path, best_path, history_path):  # leftovers of a write that was interrupted
+        remove_stale_temporaries(path)
     if last_path.is_file():
         state = _load_training_state(last_path)
         if state.get("fingerprint") != fingerprint:
@@ -130,6 +140,8 @@ def train_model(model: nn.Module, train: ImageTensors, val: ImageTensors, profil
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best, start_epoch = state["history"], state["best"], int(state["epoch"])
+        # the history CSV is written after the checkpoint: a kill between the two leaves it an epoch behind
+        atomic_write(history_path, lambda p: pd.DataFrame(history).to_csv(p, index=False))
     val_images = eval_batch(val, profile.image_size)
     for epoch in range(start_epoch, profile.epochs):
         t0 = time.perf_counter()
@@ -157,6 +169,7 @@ def train_model(model: nn.Module, train: ImageTensors, val: ImageTensors, profil
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            fault_point("after_batch")
         val_logits = predict(model, val_images, profile.eval_batch_size, device)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": cross_entropy(val_logits, val.labels), "val_acc": accuracy(val_logits, val.labels),
@@ -166,11 +179,14 @@ def train_model(model: nn.Module, train: ImageTensors, val: ImageTensors, profil
             best = {"epoch": epoch + 1, "val_acc": row["val_acc"]}
             model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             atomic_write(best_path, lambda p: torch.save({"model": model_state, **best}, p))
+            fault_point("after_best")
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best": best,
                  "fingerprint": fingerprint}
         atomic_write(last_path, lambda p: torch.save(state, p))
+        fault_point("after_last")
         atomic_write(history_path, lambda p: pd.DataFrame(history).to_csv(p, index=False))
+        fault_point("after_epoch")
         if progress:
             tqdm.write(f"{name} epoch {epoch + 1}/{profile.epochs}: train loss {row['train_loss']:.3f} "
                        f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} "

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -250,9 +249,7 @@ def test_shared_flowers():
     n_files = len(list_images(root))
     if n_files != 4242:
         pytest.skip(f"{root.resolve()} holds {n_files} image files, not the paper's 4,242-image version")
-    t0 = time.monotonic()
     report = audit_dataset(root, progress=False)
-    wall = time.monotonic() - t0
     assert report.n_images == 4242
     assert report.class_counts == {"daisy": 769, "dandelion": 990, "rose": 783, "sunflower": 734, "tulip": 966}
     assert len(report.conflict_groups) == 8
@@ -262,7 +259,6 @@ def test_shared_flowers():
     assert len(report.duplicate_groups) > 10  # ... plus near-duplicates
     assert not report.by_kind("unreadable") and not report.by_kind("too_small")
     assert len(report.excluded_paths()) == 16
-    assert wall < 60, f"audit took {wall:.1f} s"
 
 
 def test_json_round_trip(report):

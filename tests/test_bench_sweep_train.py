@@ -46,6 +46,7 @@ def train_result(one_thread) -> dict:
 
 
 # --------------------------------------------------------------------------- sweep
+@pytest.mark.slow
 def test_sweep_quick_agrees_with_recompute(sweep_result):
     r = sweep_result
     assert r["max_abs_diff"] < 1e-5
@@ -56,6 +57,7 @@ def test_sweep_quick_agrees_with_recompute(sweep_result):
         assert 0.5 < c["loss_sweep"] < 5  # BatchNorm calibrated: logits at a trained model's scale
 
 
+@pytest.mark.slow
 def test_sweep_quick_structure(sweep_result):
     r = sweep_result
     for key in ("recompute_s_per_config", "sweep_s_per_config", "speedup", "configs", "max_abs_diff", "images",
@@ -81,6 +83,7 @@ def test_sweep_full_settings_sweep_at_least_1000_configs():
     assert len(set(fracs)) == s["n_fracs"] and 0 <= min(fracs) and max(fracs) < 1
 
 
+@pytest.mark.slow
 def test_cli_bench_sweep_quick_writes_json(tmp_path):
     out = tmp_path / "sweep.json"
     proc = subprocess.run([sys.executable, "-m", "bagnet_lib", "bench", "sweep", "--quick", "--json", str(out)],
@@ -98,6 +101,7 @@ MODEL_KEYS = ("images_per_s", "gflops", "peak_gflops", "fraction_of_peak", "data
               "baseline_images_per_s", "baseline_data_wait_fraction", "flops_per_image")
 
 
+@pytest.mark.slow
 def test_train_quick_structure(train_result):
     r = train_result
     assert r["data"] == "synthetic"  # the quick run never reads the real photos
@@ -121,6 +125,7 @@ def test_train_quick_structure(train_result):
     assert "resnet50" in text and "bagnet33" in text
 
 
+@pytest.mark.slow
 def test_train_flops_bagnet_costs_more_per_image(train_result):
     """A BagNet has no stem downsampling (stride-1 stem, no max-pool), so it costs more per image."""
     m = train_result["models"]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +33,7 @@ def test_missing_data_is_one_paragraph_naming_the_paths(tmp_path):
     _assert_user_error(proc, "nowhere", "BAGNET_DATA", "data download", "synthetic")
 
 
+@pytest.mark.slow
 def test_unknown_model_and_bad_manifest_are_user_errors(tmp_path, synthetic_root):
     _assert_user_error(cli("train", "--model", "vgg", "--profile", "smoke", "--run-dir", str(tmp_path / "r"),
                            "--data-dir", str(synthetic_root)), "vgg", "bagnet33")
@@ -54,6 +56,7 @@ def test_data_split_and_audit_json(tmp_path, synthetic_root):
     assert report["class_counts"]["tulip"] == 16
 
 
+@pytest.mark.slow
 def test_train_cache_and_sweep_commands(tmp_path, synthetic_root):
     run = tmp_path / "run"
     common = ("--profile", "smoke", "--run-dir", str(run), "--data-dir", str(synthetic_root), "--no-progress")
@@ -71,6 +74,7 @@ def test_train_cache_and_sweep_commands(tmp_path, synthetic_root):
     _assert_user_error(cli("train", "--model", "bagnet33", "--profile", "cpu", "--run-dir", str(run)), "smoke")
 
 
+@pytest.mark.slow
 def test_without_any_dataset_the_main_job_falls_back_to_synthetic_data_and_says_so(tmp_path, monkeypatch, capsys):
     from bagnet_lib import pipeline, runner
     from bagnet_lib.data import folder

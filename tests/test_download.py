@@ -11,7 +11,6 @@ import io
 import socket
 import tarfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -142,10 +141,8 @@ def test_http_download_and_idempotence(tmp_path, archive, http_server):
 
     marker = dest / "daisy" / "mine.jpg"  # something of the user's: must survive a second call
     marker.write_bytes(_jpeg_bytes(999))
-    path.unlink()  # a second call must not even try to download
-    t0 = time.monotonic()
+    path.unlink()  # a second call must not even try to download (it would fail: the archive is gone)
     assert download_flowers(dest, url=url, sha256=digest, progress=False) == dest
-    assert time.monotonic() - t0 < 2
     assert marker.exists()
     assert len(list_images(dest)) == PER_CLASS * len(PLURALS) + 1
 
@@ -189,12 +186,11 @@ def test_unreachable_url_fails_fast_with_alternatives(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dest = tmp_path / "flowers"
-    t0 = time.monotonic()
     with pytest.raises(UserError) as err:
         download_flowers(dest, url=f"http://127.0.0.1:{port}/x.tgz", timeout=3, progress=False)
-    assert time.monotonic() - t0 < 5
     msg = str(err.value)
-    assert "failed" in msg and f"127.0.0.1:{port}" in msg
+    # fast = the refusal itself is reported (no retry loop, no waiting for the timeout); not timed here
+    assert "failed" in msg and f"127.0.0.1:{port}" in msg and "refused" in msg
     assert "BAGNET_DATA" in msg and "synthetic" in msg and "Kaggle" in msg
     assert not dest.exists() and _leftovers(tmp_path, "flowers") == []
 

@@ -44,6 +44,7 @@ def smoke_run(tmp_path_factory, synthetic_root):
     return run_dir, timings, data is None
 
 
+@pytest.mark.slow
 def test_every_notebook_ran_without_error_cells(smoke_run):
     run_dir, timings, _ = smoke_run
     assert list(timings) == list(NOTEBOOKS) and all(t > 0 for t in timings.values())
@@ -55,6 +56,7 @@ def test_every_notebook_ran_without_error_cells(smoke_run):
         assert injected and "PROFILE = \"smoke\"" in injected[0].source
 
 
+@pytest.mark.slow
 def test_results_json_has_the_expected_keys_and_sane_values(smoke_run):
     run_dir, timings, synthetic = smoke_run
     summary = json.loads((run_dir / "results" / "summary.json").read_text())
@@ -75,6 +77,7 @@ def test_results_json_has_the_expected_keys_and_sane_values(smoke_run):
     assert {c["aggregation"] for c in curve} == {"mean", "zero"} and all(c["n_masks"] >= 1 for c in curve)
 
 
+@pytest.mark.slow
 def test_every_expected_figure_is_a_non_empty_png(smoke_run):
     run_dir, _, _ = smoke_run
     for name in EXPECTED_FIGURES:
@@ -83,6 +86,7 @@ def test_every_expected_figure_is_a_non_empty_png(smoke_run):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000, name
 
 
+@pytest.mark.slow
 def test_report_holds_table_1_and_the_verdicts(smoke_run):
     run_dir, _, synthetic = smoke_run
     text = (run_dir / "REPORT.md").read_text()
@@ -93,6 +97,7 @@ def test_report_holds_table_1_and_the_verdicts(smoke_run):
     assert "](figures/04_drop_curve.png)" in text and "](figures/04_blackout_masks.png)" in text
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_stops_the_run_and_names_the_cell(tmp_path, synthetic_root):
     broken = tmp_path / "nb"
     broken.mkdir()
@@ -132,6 +137,7 @@ def test_publish_copies_real_runs_and_refuses_smoke_or_synthetic(tmp_path):
     assert "](../../figures/cpu/04_drop_curve.png)" in (repo / "results" / "cpu" / "REPORT.md").read_text()
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_notebooks_and_a_failure_keeps_earlier_outputs(smoke_run, tmp_path, capsys):
     run_dir, timings, _ = smoke_run
     meta = json.loads((run_dir / "run.json").read_text())

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,54 +15,120 @@ import torch
 from bagnet_lib.errors import UserError
 from bagnet_lib.profiles import get_profile
 
-TRAIN_SCRIPT = r"""
-import sys, torch
-from bagnet_lib.data.split import make_split
-from bagnet_lib.data.tensors import load_split_tensors
-from bagnet_lib.models import build_model
-from bagnet_lib.profiles import get_profile
-from bagnet_lib.train import train_model
-root, out = sys.argv[1], sys.argv[2]
-torch.set_num_threads(1)
-df = make_split(root, seed=0)
-classes = sorted(df["label"].unique())
-train, val = (load_split_tensors(root, df, s, classes, 48, progress=False) for s in ("train", "val"))
-profile = get_profile("smoke", image_size=48, width=0.125, epochs=4, batch_size=4, lr=0.02, schedule="cosine")
-torch.manual_seed(3)
-model = build_model("bagnet33", len(classes), width=0.125)
-train_model(model, train, val, profile, out, "bag", seed=3, progress=False)
-torch.save(model.state_dict(), out + "/final.pt")
-"""
+ROOT = Path(__file__).resolve().parents[1]
+
+EPOCHS, STEPS_PER_EPOCH = 3, 6  # 16 synthetic images per class: 55 training images, batch 8
 
 
-def _train(root: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(root), str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def train_once(root: str | Path, out: str | Path) -> None:
+    """A tiny BagNet-33 training run into `out` (resumes from `out` like any run), then `out/final.pt`."""
+    from bagnet_lib.data.split import make_split
+    from bagnet_lib.data.tensors import load_split_tensors
+    from bagnet_lib.models import build_model
+    from bagnet_lib.train import train_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the victim runs with 1 thread too: the same kernels, the same rounding
+    try:
+        df = make_split(root, seed=0)
+        classes = sorted(df["label"].unique())
+        train, val = (load_split_tensors(root, df, s, classes, 48, progress=False) for s in ("train", "val"))
+        profile = get_profile("smoke", image_size=48, width=0.125, epochs=EPOCHS, batch_size=8, lr=0.02,
+                              schedule="cosine")
+        torch.manual_seed(3)
+        model = build_model("bagnet33", len(classes), width=0.125)
+        train_model(model, train, val, profile, out, "bag", seed=3, progress=False)
+        torch.save(model.state_dict(), Path(out) / "final.pt")
+    finally:
+        torch.set_num_threads(threads)
 
 
-def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(synthetic_root, tmp_path):
-    straight = _train(synthetic_root, tmp_path / "a")
-    assert straight.wait(timeout=300) == 0, straight.stderr.read()
-    victim = _train(synthetic_root, tmp_path / "b")
-    history = tmp_path / "b" / "bag_history.csv"
-    deadline = time.time() + 300
-    while not (history.is_file() and len(pd.read_csv(history)) >= 1):  # epoch 1 is on disk …
-        assert time.time() < deadline and victim.poll() is None, "training ended before it could be killed"
-        time.sleep(0.05)
-    time.sleep(0.3)  # … and epoch 2 has started
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
-    assert not (tmp_path / "b" / "final.pt").exists()
-    done = len(pd.read_csv(history))
-    assert 1 <= done < 4
-    assert not list((tmp_path / "b").glob(".*.tmp"))  # no half-written checkpoint survives the kill … or if one
-    resumed = _train(synthetic_root, tmp_path / "b")  # … does, it is never read: same command, resumed
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    a = torch.load(tmp_path / "a" / "final.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "final.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "bag_history.csv").drop(columns="seconds"),
-                                  pd.read_csv(history).drop(columns="seconds"))
+def _victim(root: Path, out: Path, fault: str) -> subprocess.CompletedProcess:
+    """`train_once` in a new process with BAGNET_FAULT=`fault`: it kills itself (SIGKILL) at that named point."""
+    env = {**os.environ, "BAGNET_FAULT": fault}
+    code = f"from tests.test_reliability_runs import train_once; train_once({str(root)!r}, {str(out)!r})"
+    # no time limit: a loaded machine may be slow, and a hang would be a bug the suite's own timeout shows
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight")
+    train_once(synthetic_root, out)
+    assert len(pd.read_csv(out / "bag_history.csv")) == EPOCHS
+    return out
+
+
+# Every gap between two writes of an epoch (best → last → history), half-way through each write, between
+# two batches, and the last epoch (where a resumed run has nothing left to train). `on_disk` is the number
+# of epochs `bag_last.pt` holds when the process dies; `stale` the temporary file the kill leaves behind.
+FAULTS = {
+    "after_batch#8": dict(on_disk=1, stale=None),  # the 2nd batch of epoch 2
+    "mid_write:bag_best.pt#1": dict(on_disk=0, stale="bag_best.pt"),
+    "after_best#1": dict(on_disk=0, stale=None),
+    "mid_write:bag_last.pt#2": dict(on_disk=1, stale="bag_last.pt"),
+    "after_last#2": dict(on_disk=2, stale=None),  # bag_history.csv is one epoch behind bag_last.pt
+    "mid_write:bag_history.csv#2": dict(on_disk=2, stale="bag_history.csv"),
+    "after_epoch#2": dict(on_disk=2, stale=None),
+    "after_last#3": dict(on_disk=3, stale=None),  # training is finished, the history is not
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_kill_at_each_named_point_resumes_to_the_uninterrupted_result(fault, uninterrupted, synthetic_root,
+                                                                        tmp_path, capsys):
+    expect = FAULTS[fault]
+    killed = _victim(synthetic_root, tmp_path, fault)
+    assert killed.returncode == -signal.SIGKILL, (fault, killed.returncode, killed.stderr)
+    assert not (tmp_path / "final.pt").exists()
+    on_disk = torch.load(tmp_path / "bag_last.pt", weights_only=True)["epoch"] if expect["on_disk"] else 0
+    assert on_disk == expect["on_disk"]
+    stale = sorted(p.name for p in tmp_path.glob(".*.tmp"))
+    if expect["stale"]:
+        assert len(stale) == 1 and stale[0].startswith(f".{expect['stale']}."), stale
+    else:
+        assert not stale
+    train_once(synthetic_root, tmp_path)  # the same run again, here, with no fault armed: it resumes
+    assert ("[resume] removed" in capsys.readouterr().out) == bool(expect["stale"])
+    assert not list(tmp_path.glob(".*.tmp"))  # leftovers removed, never read
+    a = torch.load(uninterrupted / "final.pt", weights_only=True)
+    b = torch.load(tmp_path / "final.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"weights differ after {fault}"
+    for name in ("bag_best.pt", "bag_last.pt"):
+        sa, sb = (torch.load(d / name, weights_only=True)["model"] for d in (uninterrupted, tmp_path))
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), f"{name} differs after {fault}"
+    pd.testing.assert_frame_equal(pd.read_csv(uninterrupted / "bag_history.csv").drop(columns="seconds"),
+                                  pd.read_csv(tmp_path / "bag_history.csv").drop(columns="seconds"))
+
+
+def test_a_planted_temporary_file_is_removed_and_never_read(synthetic_root, tmp_path, capsys):
+    """A stale `.bag_last.pt.*.tmp` (garbage bytes) does not stop or change a fresh run; it is deleted, with a note."""
+    from bagnet_lib.io import atomic_write, remove_stale_temporaries
+
+    planted = [tmp_path / ".bag_last.pt.x1y2z3.tmp", tmp_path / ".bag_history.csv.abc.tmp"]
+    for p in planted:
+        p.write_bytes(b"PK\x03\x04 half a checkpoint")
+    other = tmp_path / ".someone_else.pt.abc.tmp"  # not a temporary of the files being written: left alone
+    other.write_bytes(b"x")
+    removed = remove_stale_temporaries(tmp_path / "bag_last.pt") + remove_stale_temporaries(tmp_path / "bag_history.csv")
+    assert sorted(removed) == sorted(planted) and not any(p.exists() for p in planted) and other.exists()
+    assert capsys.readouterr().out.count("[resume] removed") == 2
+    atomic_write(tmp_path / "bag_last.pt", lambda p: p.write_bytes(b"new"))
+    assert (tmp_path / "bag_last.pt").read_bytes() == b"new" and not list(tmp_path.glob(".bag_last.pt.*.tmp"))
+
+
+def test_fault_points_fire_on_the_named_call_only(monkeypatch):
+    from bagnet_lib import faults
+
+    monkeypatch.setattr(faults, "_hits", faults.Counter())
+    monkeypatch.setenv("BAGNET_FAULT", "after_last#3")
+    assert [faults.armed("after_last") for _ in range(4)] == [False, False, True, False]
+    assert not faults.armed("after_best")
+    monkeypatch.setenv("BAGNET_FAULT", "after_best")  # no count: the first call
+    assert faults.armed("after_best")
+    monkeypatch.delenv("BAGNET_FAULT")
+    assert not faults.armed("after_best")
 
 
 def test_a_truncated_training_checkpoint_is_a_clear_error(synthetic_root, tmp_path):
@@ -101,6 +167,7 @@ def _smoke_pipeline(run_dir: Path, data: Path, seed: int) -> dict:
     return report.build_summary(run)
 
 
+@pytest.mark.slow
 def test_same_seed_same_results_other_seed_other_masks(synthetic_root, tmp_path, monkeypatch):
     monkeypatch.setenv("BAGNET_NO_DOWNLOAD", "1")
     torch.set_num_threads(1)

@@ -191,6 +191,7 @@ def quick_result():
     return bench.run(quick=True)
 
 
+@pytest.mark.slow
 def test_bench_quick_structure(quick_result):
     import json
 
@@ -218,6 +219,7 @@ def test_bench_quick_structure(quick_result):
     assert ratio["bagnet9"] < 1.0 < ratio["bagnet33"]
 
 
+@pytest.mark.slow
 def test_bench_quick_table_and_plot(quick_result, tmp_path):
     from bagnet_lib.bench import sparse as bench
 

@@ -35,6 +35,7 @@ def _model(name="bagnet33"):
     return build_model(name, 5, width=0.125)
 
 
+@pytest.mark.slow
 def test_loss_falls_on_the_training_images(tmp_path_factory, tmp_path):
     from bagnet_lib.data.synthetic import generate_synthetic_dataset
 
