@@ -28,8 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="get, check and split a dataset").add_subparsers(dest="data_command", required=True)
-    d = data.add_parser("download", help="download TensorFlow's flower_photos (needs internet)")
-    d.add_argument("--dest", default=None, help="where to put it (default: data/flowers in the project folder)")
+    d = data.add_parser("download", help="download a flowers dataset (needs internet): TensorFlow's flower_photos, "
+                                         "or the paper's own data and split (--source cs229)")
+    d.add_argument("--source", choices=["tf", "cs229"], default="tf",
+                   help="tf: TensorFlow's flower_photos (3,670 images, a fresh split); cs229: the paper's repository's "
+                        "flowers_tvtsplit (4,242 images and its exact split, content SHA-256 checked)")
+    d.add_argument("--dest", default=None, help="where to put it (default: data/flowers, or data/flowers_cs229)")
     d.add_argument("--url", default=None)
     d.add_argument("--timeout", type=float, default=10.0)
     a = data.add_parser("audit", help="list every problem file (non-images, unreadable, duplicates, label conflicts)")
@@ -62,10 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--aggregations", nargs="+", default=["mean", "zero"])
     w.add_argument("--out", default=None, help="CSV path (default RUN_DIR/results/sweep.csv)")
     _add_run_args(w)
-    b = sub.add_parser("bench", help="benchmarks: sweep (cache vs recompute), sparse (compute only kept patches), train")
-    b.add_argument("name", choices=["sweep", "sparse", "train"])
+    b = sub.add_parser("bench", help="benchmarks: sweep (cache vs recompute), sparse (compute only kept patches), train (step speed), precision (bf16 vs fp32 accuracy)")
+    b.add_argument("name", choices=["sweep", "sparse", "train", "precision"])
     b.add_argument("--json", default=None, help="also write the result as JSON to this path")
     b.add_argument("--quick", action="store_true", help="a small version (under a minute), used by the tests")
+    b.add_argument("--from-json", default=None, help="do not measure: read an earlier result from this JSON file")
+    b.add_argument("--readme", default=None,
+                   help="train, precision: rewrite the README's <!-- bench-NAME --> block from the result")
+    u = sub.add_parser("tune", help="a tuning run: train with some profile fields replaced, record it in "
+                                    "results/tuning/<profile>.json")
+    u.add_argument("--name", required=True, help="the run's name in the tuning table")
+    u.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="replace a profile field, e.g. --set image_size=160 (repeatable)")
+    u.add_argument("--models", nargs="+", default=["resnet50", "bagnet33"])
+    u.add_argument("--readme", default=None, help="rewrite this README's <!-- tuning --> block afterwards")
+    u.add_argument("--run-dir", default=None, help="run directory (default runs/tune/<name>)")
+    u.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    u.add_argument("--data-dir", default=None)
+    u.add_argument("--manifest", default=None)
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--no-progress", action="store_true")
     r = sub.add_parser("reproduce", help="run notebooks 01-05 headless with papermill (the whole course)")
     r.add_argument("--run-dir", default=None, help="run directory (default runs/<profile>)")
     r.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
@@ -90,11 +110,42 @@ def _run(args: argparse.Namespace) -> int:
         from .io import write_json
 
         bench = importlib.import_module(f"bagnet_lib.bench.{args.name}")
-        result = bench.run(quick=args.quick)
+        if args.from_json:
+            result = json.loads(Path(args.from_json).read_text())
+        else:
+            result = bench.run(quick=args.quick)
         print(bench.format_table(result))
         if args.json:
             write_json(args.json, result)
             print(f"written to {args.json}")
+        if args.readme:
+            if args.name not in ("train", "precision"):
+                raise UserError(f"--readme is for `bench train` and `bench precision` (`bench {args.name}` has no "
+                                "README block).")
+            from .report import replace_block
+            from .io import write_text
+
+            readme = Path(args.readme)
+            try:
+                write_text(readme, replace_block(readme.read_text(), f"bench-{args.name}", bench.format_table(result)))
+            except ValueError as exc:
+                raise UserError(f"{readme}: {exc}; add the two marker lines where the table belongs.") from None
+            print(f"rewrote the bench-{args.name} block of {readme}")
+        return 0
+    if args.command == "tune":
+        from .tuning import TUNING_DIR, parse_overrides, tune, tuning_table
+
+        for rec in tune(args.name, parse_overrides(args.overrides), tuple(args.models), args.profile, args.run_dir,
+                        args.data_dir, args.manifest, args.seed, progress=progress):
+            print(f"{rec['run']} / {rec['model']}: best val {rec['best_val_acc']:.3f} (epoch {rec['best_epoch']}), "
+                  f"test {rec['test_acc']:.3f}, median {rec['median_epoch_seconds']:.1f} s per epoch")
+        if args.readme:
+            from .io import write_text
+            from .report import replace_block
+
+            book = json.loads((TUNING_DIR / f"{args.profile}.json").read_text())
+            readme = Path(args.readme)
+            write_text(readme, replace_block(readme.read_text(), "tuning", tuning_table(book)))
         return 0
     from . import pipeline
     from .models import MODEL_NAMES
@@ -132,10 +183,15 @@ def _data(args: argparse.Namespace) -> int:
     from .data.folder import resolve_data_dir
 
     if args.data_command == "download":
-        from .data.download import FLOWER_PHOTOS_URL, download_flowers
-
+        from .data.download import CS229_URL, FLOWER_PHOTOS_URL, download_cs229, download_flowers
         from .data.folder import DEFAULT_DATA_DIR
 
+        if args.source == "cs229":
+            dest, manifest = download_cs229(args.dest or DEFAULT_DATA_DIR.parent / "flowers_cs229",
+                                            url=args.url or CS229_URL, timeout=args.timeout)
+            print(f"the paper's flowers are in {dest} and its split in {manifest}; use them with "
+                  f"`make reproduce DATA={dest} MANIFEST={manifest}` (or --data-dir and --manifest)")
+            return 0
         dest = download_flowers(args.dest or DEFAULT_DATA_DIR, url=args.url or FLOWER_PHOTOS_URL, timeout=args.timeout)
         print(f"flowers ready in {dest}; use it with BAGNET_DATA={dest} or --data-dir {dest}")
     elif args.data_command == "audit":

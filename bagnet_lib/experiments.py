@@ -68,14 +68,21 @@ class LogitCache:
 
 @torch.no_grad()
 def cache_logits(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 64,
-                 paths: Sequence[str] = (), classes: Sequence[str] = (), progress: bool = True) -> LogitCache:
-    """One forward pass over a uint8 stack [N, 3, H, W]: patch logits and pooled features for every image."""
+                 paths: Sequence[str] = (), classes: Sequence[str] = (), progress: bool = True,
+                 precision: str = "fp32") -> LogitCache:
+    """One forward pass over a uint8 stack [N, 3, H, W]: patch logits and pooled features for every image.
+
+    The backbone runs in `precision`, exactly as in `train.predict` (`features_fp32`), the head in fp32.
+    """
+    from .train import features_fp32, resolve_precision
+
     device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     model.eval()
     pl, feats = [], []
     for x, _ in tqdm(eval_batches(images, labels, batch_size), total=math.ceil(len(images) / batch_size),
                      desc="cache logits", disable=not progress, leave=False):
-        f = model.features(normalize(x.to(device))).float()
+        f = features_fp32(model, normalize(x.to(device)), precision)
         pl.append(model.head(f).cpu())
         feats.append(f.mean(dim=(2, 3)).cpu())
     return LogitCache(torch.cat(pl), labels.clone(), torch.cat(feats), model.fc.weight.detach().float().cpu(),
@@ -138,16 +145,55 @@ def sweep(cache: LogitCache, kinds: Iterable[str], drop_fracs: Iterable[float], 
 
 
 def summarize_sweep(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, 95 % intervals (normal approximation over seeds) and count per kind/fraction/aggregation."""
-    from .metrics import mean_ci
+    """Per kind/fraction/aggregation: mean accuracy and loss over masks (or seeds), where 95 % of the masks lie
+    (`acc_spread`, `loss_spread`: percentiles, not intervals), the Student-t interval of the mean over the
+    seeds (`acc_t_ci`: for a few repeated runs such as pixel-blackout seeds), and the count."""
+    from .stats import spread, t_interval
 
     out = []
     for (kind, frac, agg), g in df.groupby(["kind", "drop_frac", "aggregation"], sort=True):
         out.append({"kind": kind, "drop_frac": frac, "aggregation": agg, "n_seeds": len(g),
-                    "acc_mean": g["acc"].mean(), "acc_ci": list(mean_ci(g["acc"].tolist())),
-                    "loss_mean": g["loss"].mean(), "loss_ci": list(mean_ci(g["loss"].tolist())),
+                    "acc_mean": g["acc"].mean(), "acc_spread": list(spread(g["acc"])),
+                    "acc_t_ci": list(t_interval(g["acc"])),
+                    "loss_mean": g["loss"].mean(), "loss_spread": list(spread(g["loss"])),
                     "acc_std": g["acc"].std(ddof=1) if len(g) > 1 else 0.0})
     return pd.DataFrame(out)
+
+
+def per_image_scores(cache: LogitCache, kind: str, drop_fracs: Sequence[float], seeds: Sequence[int],
+                     aggregation: str = "mean") -> tuple[Tensor, Tensor]:
+    """Per-image correctness and cross-entropy under each mask: bool [F, M, N] and float [F, M, N].
+
+    The same masks as `sweep` (same kind, fractions and seeds, one mask shared by all images), so
+    `correct.float().mean(-1)` and `nll.mean(-1)` are `sweep`'s acc and loss; what this adds is the
+    image axis, for intervals over test images and paired differences (masked − full, image by image).
+    """
+    x, y = cache.patch_logits.float(), cache.labels
+    n, k, h, w = x.shape
+    flat = x.reshape(n, k, h * w)
+    correct, nll = [], []
+    for frac in drop_fracs:
+        keep = torch.stack([make_mask(kind, h, w, float(frac), int(s), patch_logits=x).expand(n, h, w)
+                            .reshape(n, h * w) for s in seeds]).float()  # [M, N, P]
+        if aggregation == "mean":
+            logits = torch.einsum("nkp,mnp->mnk", flat, keep) / keep.sum(dim=2, keepdim=True)
+        elif aggregation == "zero":
+            logits = torch.einsum("nkp,mnp->mnk", flat, keep) / (h * w)
+        else:
+            logits = torch.stack([aggregate(x, m.bool().view(n, h, w), aggregation) for m in keep])
+        correct.append(logits.argmax(-1) == y)
+        nll.append(-torch.log_softmax(logits.double(), dim=-1).gather(-1, y.expand(len(seeds), n)[..., None])[..., 0])
+    return torch.stack(correct), torch.stack(nll).float()
+
+
+def channel_per_image(cache: LogitCache, kind: str, drop_frac: float, seeds: Sequence[int]) -> Tensor:
+    """Per-image correctness [M, N] under the paper's channel masks (`channel_sweep`'s masks, image by image)."""
+    c = cache.features.shape[1]
+    rows = []
+    for seed in (seeds if kind == "random" else [0]):
+        m = channel_mask(c, kind, drop_frac, torch.Generator().manual_seed(int(seed)))
+        rows.append(channel_masked_logits(cache, m).argmax(-1) == cache.labels)
+    return torch.stack(rows)
 
 
 # --------------------------------------------------------------------------- channel masking
@@ -217,7 +263,7 @@ def pixel_blackout(images: Tensor, keep: Tensor, fill: Tensor | float | None = N
 @torch.no_grad()
 def pixel_blackout_eval(model: nn.Module, images: Tensor, labels: Tensor, grid: tuple[int, int],
                         drop_fracs: Iterable[float], seeds: Iterable[int], batch_size: int = 64,
-                        model_name: str = "", progress: bool = True) -> pd.DataFrame:
+                        model_name: str = "", progress: bool = True, precision: str = "fp32") -> pd.DataFrame:
     """Accuracy and loss with random tiles of a `grid` painted out, per drop fraction and seed.
 
     Each image gets its own random mask (seeded by `seed`), so the result is an average over placements.
@@ -229,7 +275,7 @@ def pixel_blackout_eval(model: nn.Module, images: Tensor, labels: Tensor, grid: 
     configs = [(f, s) for f in drop_fracs for s in seeds]
     for frac, seed in tqdm(configs, desc=f"pixel blackout {model_name}", disable=not progress, leave=False):
         keep = make_mask("random", h, w, frac, seed, per_image=len(images))
-        logits = predict(model, pixel_blackout(images, keep), batch_size)
+        logits = predict(model, pixel_blackout(images, keep), batch_size, precision=precision)
         acc, loss = _scores(logits, labels)
         rows.append({"model": model_name, "kind": "pixel", "drop_frac": float(frac), "seed": int(seed),
                      "aggregation": "model", "acc": float(acc), "loss": float(loss), "n_images": len(labels),

@@ -24,8 +24,9 @@ def n_dropped(h: int, w: int, drop_frac: float) -> int:
 def alternating(h: int, w: int, pattern: str = "checkerboard", phase: int = 0) -> Tensor:
     """Keep every other patch: `checkerboard` by (i + j) parity, `raster` by flattened-index parity.
 
-    `raster` is what the paper's code computed (index parity over the flattened grid); on a grid of
-    even width it keeps whole columns, i.e. vertical stripes, not a checkerboard.
+    `raster` is a spatial analogue of the paper's code's index parity: its code kept every other of the
+    2,048 *channels* of `fc.weight` and has no spatial grid at all; parity of the flattened grid index
+    is the closest spatial reading. On a grid of even width it keeps whole columns (vertical stripes).
     """
     i = torch.arange(h)[:, None]
     j = torch.arange(w)[None, :]

@@ -29,6 +29,7 @@ from .errors import UserError
 LAYERS = (3, 4, 6, 3)
 MODEL_NAMES = ("resnet50", "bagnet9", "bagnet17", "bagnet33")
 BAGNET_KERNEL3 = {"bagnet9": (1, 1, 0, 0), "bagnet17": (1, 1, 1, 0), "bagnet33": (1, 1, 1, 1)}
+OFFICIAL_STEM_BN_MOMENTUM = 0.001  # bagnets/pytorchnet.py: `self.bn1 = nn.BatchNorm2d(64, momentum=0.001)`
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ class PatchResNet(nn.Module):
 
     def __init__(self, *, bagnet: bool, kernel3: tuple[int, int, int, int] = LAYERS,
                  strides: tuple[int, int, int, int] = (1, 2, 2, 2), num_classes: int = 1000,
-                 width: float = 1.0, bn_momentum: float = 0.1, geometry: PatchGeometry | None = None):
+                 width: float = 1.0, bn_momentum: float = 0.1, geometry: PatchGeometry | None = None,
+                 stem_bn_momentum: float | None = None):
         super().__init__()
         self.is_bagnet = bagnet
         self.geometry = geometry
@@ -105,7 +107,7 @@ class PatchResNet(nn.Module):
             self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
             self.conv2 = nn.Identity()
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.bn1 = nn.BatchNorm2d(stem, momentum=bn_momentum)
+        self.bn1 = nn.BatchNorm2d(stem, momentum=bn_momentum if stem_bn_momentum is None else stem_bn_momentum)
         self.relu = nn.ReLU(inplace=True)
         padding = 0 if bagnet else 1
         self.layer1, self.layer2, self.layer3, self.layer4 = (
@@ -166,14 +168,24 @@ def resnet50(num_classes: int = 1000, pretrained: bool = False, width: float = 1
 
 
 def bagnet(name: str, num_classes: int = 1000, pretrained: bool = False, width: float = 1.0,
-           bn_momentum: float = 0.1) -> PatchResNet:
-    """BagNet-9/17/33 (Brendel & Bethge 2019), key-for-key the official PyTorch model."""
+           bn_momentum: float = 0.1, stem_bn_momentum: float | None = None) -> PatchResNet:
+    """BagNet-9/17/33 (Brendel & Bethge 2019), key-for-key the official PyTorch model.
+
+    BatchNorm momentum as in the official code: 0.001 in the stem (`bn1`) and 0.1 in the blocks when
+    `pretrained` (this matters for the paper, whose frozen backbone still ran BatchNorm in train mode, so
+    its running statistics drifted towards the flowers at the stem's slow rate). Trained from scratch,
+    the stem uses `bn_momentum` too unless `stem_bn_momentum` is given: a 0.001 running average would lag
+    far behind a stem whose statistics change every step.
+    """
     if name not in BAGNET_KERNEL3:
         raise UserError(f"Unknown BagNet {name!r}; choose one of {sorted(BAGNET_KERNEL3)}.")
     rf = int(name.removeprefix("bagnet"))
+    if stem_bn_momentum is None and pretrained:
+        stem_bn_momentum = OFFICIAL_STEM_BN_MOMENTUM
     model = PatchResNet(bagnet=True, kernel3=BAGNET_KERNEL3[name], strides=(2, 2, 2, 1),
                         num_classes=1000 if pretrained else num_classes, width=width,
-                        bn_momentum=bn_momentum, geometry=PatchGeometry(size=rf, stride=8))
+                        bn_momentum=bn_momentum, geometry=PatchGeometry(size=rf, stride=8),
+                        stem_bn_momentum=stem_bn_momentum)
     if pretrained:
         from .weights import load_bagnet_imagenet
         _require_full_width(width, name)

@@ -35,7 +35,7 @@ from .io import write_json
 from .metrics import evaluate_logits
 from .models import build_model
 from .profiles import Profile, get_profile
-from .train import load_best, predict, select_device, train_model
+from .train import load_best, predict, resolve_precision, select_device, train_model
 
 SYNTHETIC_BANNER = ("=" * 78 + "\n  NO REAL DATASET FOUND: this run uses the embedded SYNTHETIC flowers.\n"
                     "  Its numbers say nothing about the paper. For the real data set BAGNET_DATA\n"
@@ -74,7 +74,8 @@ class Run:
         """Decoded images of one split (train/val/test), cached in RUN_DIR/cache and kept for this Run."""
         if split not in self._decoded:  # figure helpers ask for the test split several times per notebook
             self._decoded[split] = load_split_tensors(self.data_dir, self.split, split, self.classes,
-                                                      self.profile.image_size, self.run_dir / "cache", progress)
+                                                      self.profile.image_size, self.run_dir / "cache", progress,
+                                                      self.profile.original_size)
         return self._decoded[split]
 
     def model(self, name: str, best: bool = True) -> torch.nn.Module:
@@ -202,10 +203,11 @@ def train_step(run: Run, model_name: str, progress: bool = True) -> dict:
                          history_path=run.results / f"{model_name}_history.csv")
     load_best(model, result.best_checkpoint)
     metrics = {"model": model_name, "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
+               "precision": resolve_precision(p.precision, next(model.parameters()).device),
                "train_seconds": float(result.history["seconds"].sum()), "wall_seconds": time.perf_counter() - t0,
                "n_parameters": sum(q.numel() for q in model.parameters())}
     for name, data in (("train", train), ("test", test)):
-        logits = predict(model, eval_batch(data, p.image_size), p.eval_batch_size)
+        logits = predict(model, eval_batch(data, p.image_size), p.eval_batch_size, precision=p.precision)
         metrics[name] = evaluate_logits(logits, data.labels, run.classes, seed=run.seed)
         if name == "test":  # per-image predictions: paired comparisons and the images a model gets wrong
             probs = logits.softmax(dim=1)
@@ -225,9 +227,35 @@ def cache_step(run: Run, model_name: str = "bagnet33", split: str = "test", prog
         return LogitCache.load(path)
     data = run.tensors(split, progress)
     cache = cache_logits(run.model(model_name), eval_batch(data, run.profile.image_size), data.labels,
-                         run.profile.eval_batch_size, data.paths, run.classes, progress)
+                         run.profile.eval_batch_size, data.paths, run.classes, progress, run.profile.precision)
     cache.save(path)
     return cache
+
+
+PAPER_FRACS = (0.25, 0.5, 0.75)  # the paper's random blackout settings
+CURVE_FRACS = tuple(float(f) for f in np.round(np.arange(0, 0.96, 0.05), 2))  # the drop curve, 0 … 95 %
+
+
+def mask_seeds(run: Run) -> tuple[range, range]:
+    """Seeds of the random masks: the paper's settings, and the drop curve. The run's seed picks them too."""
+    base = run.seed * 1_000_000
+    return range(base, base + run.profile.n_seeds), range(base + 1000, base + 1000 + run.profile.curve_masks)
+
+
+def pixel_tiles(run: Run, bagnet: str = "bagnet33") -> dict:
+    """The tiles pixel blackout paints out: one per stride cell of the BagNet's patch grid (8×8 px).
+
+    A tile of the stride grid is the unit a BagNet's windows move by, so "drop a tile" is the pixel-level
+    counterpart of "drop a patch". Each window (33 px for BagNet-33) covers several tiles, and an interior
+    tile lies inside `windows_per_tile` windows: dropping a fraction f of the tiles at random leaves a
+    window untouched with probability about (1 − f)^(tiles per window).
+    """
+    geometry = build_model(bagnet, len(run.classes), width=run.profile.width).geometry
+    s, size = geometry.stride, run.profile.image_size
+    per_window = -(-geometry.size // s)  # tiles a window overlaps along one axis, when aligned (33 px: 5)
+    return {"tile_px": s, "grid": (size // s, size // s), "windows_per_tile": per_window**2,
+            "tiles_per_window": per_window**2, "window_px": geometry.size,
+            "fill": "the ImageNet mean colour (124, 116, 104)"}
 
 
 def blackout_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> pd.DataFrame:
@@ -235,15 +263,14 @@ def blackout_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> 
     p = run.profile
     cache = cache_step(run, bagnet, "test", progress)
     aggs = ("mean", "zero")
-    fracs = [0.25, 0.5, 0.75]
-    base = run.seed * 1_000_000  # the run's seed picks the random masks too (mask seeds base, base+1, …)
-    seeds, curve_seeds = range(base, base + p.n_seeds), range(base + 1000, base + 1000 + p.curve_masks)
+    fracs = list(PAPER_FRACS)
+    seeds, curve_seeds = mask_seeds(run)
     frames = {
         # the paper's four settings (both readings of "alternating", random with many seeds)
         "paper": pd.concat([sweep(cache, ["checkerboard", "raster"], [0.5], [0], aggs),
                             sweep(cache, ["random"], fracs, seeds, aggs)]),
         # the drop curve 0 … 95 %, `curve_masks` random masks per point
-        "curve": sweep(cache, ["random"], np.round(np.arange(0, 0.96, 0.05), 2), curve_seeds, aggs),
+        "curve": sweep(cache, ["random"], CURVE_FRACS, curve_seeds, aggs),
         "structured": sweep(cache, ["center", "border", "topk", "bottomk"], fracs, [0], aggs),
         "aggregations": sweep(cache, ["random"], fracs, seeds[:10],
                               ["median", "trimmed_mean", "max", "logsumexp", "clipped", "center_weighted"]),
@@ -252,9 +279,10 @@ def blackout_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> 
     frames = [df.assign(experiment=name, model=bagnet) for name, df in frames.items()]
     test = run.tensors("test", progress)
     images = eval_batch(test, p.image_size)
+    tiles = pixel_tiles(run, bagnet)
     for name in ("resnet50", bagnet):
-        frames.append(pixel_blackout_eval(run.model(name), images, test.labels, cache.grid, fracs,
-                                          seeds[:p.pixel_seeds], p.eval_batch_size, name, progress)
+        frames.append(pixel_blackout_eval(run.model(name), images, test.labels, tiles["grid"], fracs,
+                                          seeds[:p.pixel_seeds], p.eval_batch_size, name, progress, p.precision)
                       .assign(experiment="pixel"))
     df = pd.concat(frames, ignore_index=True)
     df.to_csv(run.results / "blackout_runs.csv", index=False)

@@ -197,9 +197,14 @@ def plot_drop_curve(runs: pd.DataFrame, out: str | Path | None = None, paper: Ma
 
 
 def plot_blackout_kinds(runs: pd.DataFrame, out: str | Path | None = None,
-                        title: str = "Three meanings of 'blackout' at the same fractions") -> Figure:
-    """Accuracy vs fraction for patch-logit, channel (the paper's code) and pixel blackout; mean ± 95 % CI over seeds."""
-    from .metrics import mean_ci
+                        title: str = "Three meanings of 'blackout' at the same fractions",
+                        baselines: Mapping[str, float] | None = None) -> Figure:
+    """Accuracy vs fraction for patch-logit, channel (the paper's code) and pixel blackout: the mean over masks
+    (or seeds), bars where 95 % of them lie. With `baselines` (model → accuracy with nothing dropped) the
+    y axis is the change from each model's own baseline, so models that start apart compare fairly."""
+    from .stats import spread
+
+    baselines = baselines or {}
 
     fig = Figure(figsize=(7.5, 4.2))
     ax = fig.subplots()
@@ -212,13 +217,15 @@ def plot_blackout_kinds(runs: pd.DataFrame, out: str | Path | None = None,
                  & runs["drop_frac"].isin([0.25, 0.5, 0.75])]
         if g.empty:
             continue
-        stats = g.groupby("drop_frac")["acc"].agg(list)
+        stats = g.groupby("drop_frac")["acc"].agg(list).map(lambda v, m=model: [a - baselines.get(m, 0.0) for a in v])
         means = [np.mean(v) for v in stats]
-        cis = [mean_ci(v) for v in stats]
+        cis = [spread(v) for v in stats]
         err = np.array([[m - lo for m, (lo, _) in zip(means, cis)], [hi - m for m, (_, hi) in zip(means, cis)]])
         ax.errorbar(stats.index * 100, means, yerr=err, marker="o", capsize=3, label=label)
     ax.set_xlabel("dropped (%)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("change in test accuracy from the model's own baseline" if baselines else "test accuracy")
+    if baselines:
+        ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks([25, 50, 75])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -230,8 +237,9 @@ def plot_structured(runs: pd.DataFrame, out: str | Path | None = None,
                     title: str = "Which patches matter: structured masks vs random (mean aggregation)") -> Figure:
     """Accuracy of centre/border/top-k/bottom-k masks next to random masks at 25/50/75 % dropped."""
     kinds = ["random", "center", "border", "topk", "bottomk"]
-    labels = {"random": "random", "center": "keep centre", "border": "keep border", "topk": "keep most confident",
-              "bottomk": "keep least confident"}
+    labels = {"random": "random", "center": "keep centre", "border": "keep border",
+              "topk": "keep most confident (oracle)",
+              "bottomk": "keep least confident (oracle)"}
     g = runs[(runs["aggregation"] == "mean") & runs["kind"].isin(kinds) & runs["drop_frac"].isin([0.25, 0.5, 0.75])]
     table = g.groupby(["kind", "drop_frac"])["acc"].mean().unstack("kind").reindex(columns=kinds)
     fig = Figure(figsize=(8, 4))

@@ -139,7 +139,7 @@ def paper_masks(run: Run, index: int = 0, seed: int = 0) -> Figure:
     cache = cache_step(run, "bagnet33", "test", progress=False)
     h, w = cache.grid
     image = eval_batch(run.tensors("test", progress=False), run.profile.image_size)[index]
-    panels = {"alternating (raster)": make_mask("raster", h, w),
+    panels = {"alternating: raster\n(spatial analogue of the code's\nchannel index parity)": make_mask("raster", h, w),
               **{f"random {int(f * 100)}% dropped": make_mask("random", h, w, f, seed) for f in (0.75, 0.5, 0.25)}}
     return plots.plot_blackout_masks(image, panels, run.figures / "04_blackout_masks.png")
 
@@ -153,8 +153,10 @@ def drop_curve(run: Run) -> Figure:
 def blackout_kinds(run: Run) -> Figure:
     """Patch-logit vs channel (the paper's code) vs pixel blackout, BagNet-33 and ResNet-50."""
     runs = blackout_runs(run)
+    baselines = {m: json.loads((run.results / f"{m}_metrics.json").read_text())["test"]["acc"]
+                 for m in ("resnet50", "bagnet33")}
     return plots.plot_blackout_kinds(runs[runs["experiment"].isin(["paper", "channel", "pixel"])],
-                                     run.figures / "04_blackout_kinds.png")
+                                     run.figures / "04_blackout_kinds.png", baselines=baselines)
 
 
 def structured(run: Run) -> Figure:

@@ -97,64 +97,76 @@ def test_cli_bench_sweep_quick_writes_json(tmp_path):
 
 
 # --------------------------------------------------------------------------- train
-MODEL_KEYS = ("images_per_s", "gflops", "peak_gflops", "fraction_of_peak", "data_wait_fraction",
-              "baseline_images_per_s", "baseline_data_wait_fraction", "flops_per_image")
-
-
 @pytest.mark.slow
 def test_train_quick_structure(train_result):
     r = train_result
     assert r["data"] == "synthetic"  # the quick run never reads the real photos
     assert set(r["models"]) == {"resnet50", "bagnet33"}
-    assert _positive_finite(r["peak_gflops"])
+    assert all(_positive_finite(r["peak_gflops"][p]) for p in ("fp32", "bf16"))
+    expected_precision = bench_train.resolve_precision("bf16", torch.device("cpu"))
     for name, m in r["models"].items():
-        for key in MODEL_KEYS:
-            assert key in m, (name, key)
-        for key in ("images_per_s", "gflops", "peak_gflops", "fraction_of_peak", "baseline_images_per_s",
-                    "flops_per_image"):
-            assert _positive_finite(m[key]), (name, key)
-        assert 0 <= m["data_wait_fraction"] <= 1
-        assert 0 <= m["baseline_data_wait_fraction"] <= 1
-        assert m["fraction_of_peak"] == pytest.approx(m["gflops"] / m["peak_gflops"])
-        assert m["gflops"] == pytest.approx(m["flops_per_image"] * m["images_per_s"] / 1e9)
-        assert m["settings"] == {"threads": r["torch_threads"], "channels_last": False, "compiled": False,
-                                 "batch_size": 32}
-        assert m["tried"] == []  # the quick run tries no options
+        assert m["settings"] == {"precision": expected_precision, "channels_last": name == "resnet50"}
+        assert m["fp32_nchw"]["precision"] == "fp32" and not m["fp32_nchw"]["channels_last"]
+        for key in ("fp32_nchw", "profile"):
+            a = m[key]
+            for k in ("images_per_s", "gflops", "peak_gflops", "fraction_of_peak", "seconds"):
+                assert _positive_finite(a[k]), (name, key, k)
+            assert 0 <= a["data_wait_fraction"] <= 1
+            assert a["peak_gflops"] == r["peak_gflops"][a["precision"]]  # the peak of the precision it uses
+            assert a["fraction_of_peak"] == pytest.approx(a["gflops"] / a["peak_gflops"])
+            assert a["gflops"] == pytest.approx(m["flops_per_image"] * a["images_per_s"] / 1e9)
+        assert m["speedup"] == pytest.approx(m["profile"]["images_per_s"] / m["fp32_nchw"]["images_per_s"])
     json.dumps(r)
-    text = bench_train.format_table(r)
-    assert "resnet50" in text and "bagnet33" in text
+    table = bench_train.format_table(r)
+    assert "| resnet50 | fp32, NCHW | " in table and "(the profile)" in table and "GFLOP/s bf16" in table
 
 
 @pytest.mark.slow
 def test_train_flops_bagnet_costs_more_per_image(train_result):
     """A BagNet has no stem downsampling (stride-1 stem, no max-pool), so it costs more per image."""
     m = train_result["models"]
-    ratio = m["bagnet33"]["flops_per_image"] / m["resnet50"]["flops_per_image"]
-    assert ratio > 1
-    assert train_result["bagnet33_over_resnet50_flops"] == pytest.approx(ratio)
+    assert m["bagnet33"]["flops_per_image"] > m["resnet50"]["flops_per_image"]
     # forward + backward ≈ 3 forward passes; ResNet-50 at width 0.25, 112 px: ≈ 4.1 GFLOP·(1/16)·(1/4)·2·3
     assert 0.2e9 < m["resnet50"]["flops_per_image"] < 0.7e9
 
 
-def test_ab_and_peak_helpers_run_on_a_tiny_profile(synthetic_root, one_thread):
-    """The A/B machinery of the full run (not exercised by the quick run), on a tiny network."""
-    from bagnet_lib.data.tensors import base_size_for, decode_images
-    from bagnet_lib.data.folder import list_images
-    from bagnet_lib.data.tensors import ImageTensors
-    from bagnet_lib.profiles import get_profile
+def test_matmul_peak_helper_measures_each_precision(one_thread):
+    for dtype in (torch.float32, torch.bfloat16):
+        p = bench_train.mm_peak(1, n=256, dtype=dtype)
+        assert _positive_finite(p["median"]) and p["best"] >= p["median"] and p["dtype"] in str(dtype)
 
-    profile = get_profile("cpu", image_size=48, width=0.125, batch_size=8)
-    samples = list_images(synthetic_root)[:40]
-    imgs = decode_images(synthetic_root, [s.path for s in samples], base_size_for(48), progress=False)
-    classes = sorted({s.label for s in samples})
-    data = ImageTensors(imgs, torch.tensor([classes.index(s.label) for s in samples]), [s.path for s in samples],
-                        classes)
-    settings = {"ab_rounds": 1, "ab_steps": 1, "ab_warmup": 1}
-    threads = torch.get_num_threads()
-    for option in ("channels_last", "threads_1", "batch_64"):
-        t = bench_train._ab("resnet50", option, profile, data, settings, threads)
-        assert t["option"] == option and _positive_finite(t["speedup"])
-        assert t["kept"] == (option != "batch_64" and t["speedup"] >= bench_train.KEEP_THRESHOLD)
-    assert torch.get_num_threads() == threads  # restored after the 1-thread arm
-    p = bench_train._mm_peak(1, n=256)
-    assert _positive_finite(p["median"]) and p["best"] >= p["median"]
+
+def test_readme_block_is_rewritten_from_the_json(tmp_path):
+    from bagnet_lib.cli import main
+
+    arm = lambda prec, cl, ips: {"precision": prec, "channels_last": cl, "images_per_s": ips,  # noqa: E731
+                                 "data_wait_fraction": 0.02, "gflops": 50.0, "fraction_of_peak": 0.25}
+    result = {"benchmark": "train", "quick": False, "data": "real", "image_size": 112, "width": 0.25,
+              "batch_size": 32, "torch_threads": 2, "peak_gflops": {"fp32": 150.0, "bf16": 400.0},
+              "models": {"resnet50": {"fp32_nchw": arm("fp32", False, 140.0), "profile": arm("bf16", True, 350.0),
+                                      "speedup": 2.5}}}
+    js = tmp_path / "train.json"
+    js.write_text(json.dumps(result))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- bench-train:start -->\nold\n<!-- bench-train:end -->\nrest\n")
+    assert main(["bench", "train", "--from-json", str(js), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("rest\n")
+    assert "| resnet50 | bf16, channels-last (the profile) | 350 | **2.50×** | 50 | 25 % | 2.0 % |" in text
+
+
+# --------------------------------------------------------------------------- precision
+@pytest.mark.slow
+def test_precision_quick_trains_both_arms_from_the_same_start(one_thread, monkeypatch):
+    from bagnet_lib.bench import precision as bench_precision
+
+    monkeypatch.setenv("BAGNET_NO_DOWNLOAD", "1")
+    r = bench_precision.run(quick=True)
+    assert r["data"] == "synthetic" and r["split"] == "fresh" and r["epochs"] == 1
+    for name in ("resnet50", "bagnet33"):
+        f, b = r["models"][name]["fp32_nchw"], r["models"][name]["profile"]
+        assert f["precision"] == "fp32" and not f["channels_last"] and b["precision"] == "bf16" and b["channels_last"]
+        assert len(f["val_acc"]) == len(b["val_acc"]) == 1 and all(0 <= a <= 1 for a in f["val_acc"] + b["val_acc"])
+        assert r["models"][name]["final_val_acc_difference"] == pytest.approx(b["val_acc"][-1] - f["val_acc"][-1])
+    json.dumps(r)
+    assert "| resnet50 |" in bench_precision.format_table(r)

@@ -252,3 +252,52 @@ def test_archive_without_class_folders_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no images"):
         download_flowers(dest, url=path.as_uri(), sha256=digest, progress=False)
     assert not dest.exists() and _leftovers(tmp_path, "flowers") == []
+
+
+# ----------------------------------------------------------------------------- the paper's data (--source cs229)
+def _make_cs229_archive(path: Path, tamper: bool = False) -> str:
+    """A miniature of the paper's repository archive; returns the tree digest of its flowers_tvtsplit/."""
+    from bagnet_lib.data.download import tree_digest
+
+    files, top = {}, "CS229-final-project-abc/"
+    with tarfile.open(path, "w:gz") as tar:
+        _add(tar, top + "README.md", b"# not a flower")
+        _add(tar, top + "flowers_original/daisy/o.jpg", _jpeg_bytes(500))  # the unsplit copy: ignored
+        for s_i, split in enumerate(("train", "val", "test")):
+            for c_i, cls in enumerate(FLOWER_CLASSES):
+                data = _jpeg_bytes(100 * s_i + c_i)
+                name = f"{split}/{cls}/{split}_{cls}.jpg"
+                files[name] = data
+                _add(tar, top + "flowers_tvtsplit/" + name, data + (b"x" if tamper and name.startswith("test/") else b""))
+    return tree_digest(files)
+
+
+def test_cs229_download_installs_the_papers_split_after_checking_the_content(tmp_path):
+    from bagnet_lib.data.download import download_cs229
+    from bagnet_lib.data.split import read_manifest
+
+    digest = _make_cs229_archive(tmp_path / "repo.tgz")
+    dest = tmp_path / "flowers_cs229"
+    got, manifest = download_cs229(dest, url=(tmp_path / "repo.tgz").as_uri(), tree_sha256=digest, progress=False)
+    assert got == dest and manifest == tmp_path / "flowers_cs229_paper_split.csv"
+    assert sorted(p.name for p in dest.iterdir()) == sorted(FLOWER_CLASSES)
+    split = read_manifest(dest, manifest)
+    assert len(split) == 15 and split["split"].value_counts().to_dict() == {"train": 5, "val": 5, "test": 5}
+    assert not (dest / "daisy" / "o.jpg").exists() and _leftovers(tmp_path, "flowers_cs229") == []
+    # a second call finds it and downloads nothing (the archive is gone)
+    (tmp_path / "repo.tgz").unlink()
+    assert download_cs229(dest, url=(tmp_path / "repo.tgz").as_uri(), tree_sha256=digest, progress=False) == (
+        dest, manifest)
+
+
+def test_cs229_download_with_other_content_installs_nothing(tmp_path):
+    from bagnet_lib.data.download import download_cs229
+
+    digest = _make_cs229_archive(tmp_path / "good.tgz")
+    _make_cs229_archive(tmp_path / "bad.tgz", tamper=True)
+    dest = tmp_path / "flowers_cs229"
+    with pytest.raises(UserError, match="not the paper's files") as err:
+        download_cs229(dest, url=(tmp_path / "bad.tgz").as_uri(), tree_sha256=digest, progress=False)
+    assert digest in str(err.value)
+    assert not dest.exists() and not (tmp_path / "flowers_cs229_paper_split.csv").exists()
+    assert _leftovers(tmp_path, "flowers_cs229") == []

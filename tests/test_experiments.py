@@ -42,8 +42,29 @@ def test_sweep_summary_counts_seeds(cache):
     df = sweep(cache, ["random", "checkerboard"], [0.5], range(5), ["mean"])
     s = summarize_sweep(df).set_index("kind")
     assert s.loc["random", "n_seeds"] == 5 and s.loc["checkerboard", "n_seeds"] == 1
-    lo, hi = s.loc["random", "acc_ci"]
+    lo, hi = s.loc["random", "acc_spread"]  # where 95 % of the masks lie
     assert lo <= s.loc["random", "acc_mean"] <= hi
+    accs = df[df["kind"] == "random"]["acc"]
+    assert lo >= accs.min() and hi <= accs.max()
+    lo_t, hi_t = s.loc["random", "acc_t_ci"]  # Student-t over the 5 masks
+    assert lo_t <= s.loc["random", "acc_mean"] <= hi_t
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "zero", "median"])
+def test_per_image_scores_are_the_sweep_image_by_image(cache, aggregation):
+    from bagnet_lib.experiments import channel_per_image, channel_sweep, per_image_scores
+
+    fracs, seeds = [0.25, 0.75], range(4)
+    correct, nll = per_image_scores(cache, "random", fracs, seeds, aggregation)
+    assert correct.shape == nll.shape == (2, 4, len(cache.labels))
+    df = sweep(cache, ["random"], fracs, seeds, [aggregation])
+    for i, f in enumerate(fracs):
+        rows = df[df["drop_frac"] == f].sort_values("seed")
+        assert correct[i].float().mean(-1).tolist() == pytest.approx(rows["acc"].tolist(), abs=1e-6)
+        assert nll[i].mean(-1).tolist() == pytest.approx(rows["loss"].tolist(), abs=1e-5)
+    ch = channel_per_image(cache, "random", 0.5, seeds)
+    ref = channel_sweep(cache, [("random", 0.5)], seeds)
+    assert ch.float().mean(-1).tolist() == pytest.approx(ref["acc"].tolist(), abs=1e-6)
 
 
 def test_channel_mask_is_what_the_papers_code_did():

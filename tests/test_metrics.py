@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from bagnet_lib.metrics import accuracy, bootstrap_ci, cross_entropy, evaluate_logits, mean_ci
+from bagnet_lib.metrics import accuracy, cross_entropy, evaluate_logits
+from bagnet_lib.stats import bootstrap_ci, spread, t_interval
 
 
 def test_accuracy_and_cross_entropy_by_hand():
@@ -30,10 +31,18 @@ def test_bootstrap_interval_brackets_the_mean_and_narrows_with_n():
     assert bootstrap_ci(small, seed=1) == bootstrap_ci(small, seed=1)
 
 
-def test_mean_ci_of_seeds():
-    lo, hi = mean_ci([0.8, 0.82, 0.78, 0.81])
-    assert lo < 0.8025 < hi and hi - lo < 0.05
-    assert mean_ci([0.5]) == (0.5, 0.5)
+def test_t_interval_of_few_seeds_uses_the_t_quantile():
+    v = [0.80, 0.82, 0.78]
+    lo, hi = t_interval(v)
+    half = 4.302652729911275 * np.std(v, ddof=1) / math.sqrt(3)  # t(0.975, df=2), not the normal 1.96
+    assert (lo, hi) == pytest.approx((np.mean(v) - half, np.mean(v) + half), rel=1e-9)
+    assert t_interval([0.5]) == (0.5, 0.5)
+
+
+def test_bootstrap_of_a_constant_and_the_spread_of_masks():
+    assert bootstrap_ci(np.ones(30)) == (1.0, 1.0)
+    assert all(math.isnan(v) for v in bootstrap_ci([]))
+    assert spread(np.arange(101)) == pytest.approx((2.5, 97.5))
 
 
 def test_evaluate_logits_reports_everything():

@@ -39,7 +39,7 @@ def test_drop_curve_summary_and_table_pair_mean_with_zero():
     curve = drop_curve_summary(pd.DataFrame(rows))
     assert len(curve) == 6 and {c["n_masks"] for c in curve} == {4}
     half = next(c for c in curve if c["drop_frac"] == 0.5 and c["aggregation"] == "mean")
-    assert abs(half["acc_mean"] - 0.775) < 1e-12 and half["acc_ci"][0] < 0.775 < half["acc_ci"][1]
+    assert abs(half["acc_mean"] - 0.775) < 1e-12 and half["acc_spread"][0] < 0.775 < half["acc_spread"][1]
     table = "\n".join(drop_curve_table(curve, fracs=(0.0, 0.5, 0.9)))
     assert "| 50% | 4 | 0.775 [" in table and "| 1.000 | 0.775 | 1.500 |" in table
     assert "| 0% | 4 | 0.800 [0.800, 0.800] | 0.500 | 0.800 | 0.500 |" in table
@@ -50,8 +50,8 @@ def test_structured_table_names_what_each_mask_keeps():
     entry = lambda kind, frac, acc: {"kind": kind, "drop_frac": frac, "aggregation": "mean",  # noqa: E731
                                      "model": "bagnet33", "acc_mean": acc, "loss_mean": 1.0}
     table = "\n".join(structured_table([entry("topk", 0.75, 0.9), entry("bottomk", 0.75, 0.3)]))
-    assert "| keep the most confident patches | – | – | 0.900 (loss 1.000) |" in table
-    assert "| keep the least confident patches | – | – | 0.300 (loss 1.000) |" in table
+    assert "| keep the most confident patches (an oracle: ranked by the full-image prediction) | – | – | 0.900 (loss 1.000) |" in table
+    assert "| keep the least confident patches (likewise an oracle) | – | – | 0.300 (loss 1.000) |" in table
     assert "| keep the centre, drop the outer ring | – | – | – |" in table
 
 
@@ -63,9 +63,13 @@ def _summary() -> dict:
                                  "03_train_bagnet33.ipynb": 1700.4, "04_blackout_experiments.ipynb": 100.0,
                                  "05_writeup.ipynb": 4.6},
             "resnet50": model(0.781), "bagnet33": model(0.762),
-            "blackout": [{"kind": "random", "drop_frac": 0.25, "aggregation": "mean", "model": "bagnet33",
-                          "n_seeds": 30, "acc_mean": 0.76, "acc_ci": [0.755, 0.765], "loss_mean": 0.71}],
-            "verdicts": [{"claim": "(c) about 25% of patches can be dropped", "verdict": "supported"}]}
+            "table1": [{"setting": "ResNet-50", "reading": "model", "acc": 0.781, "acc_ci": [0.741, 0.821],
+                        "loss": 0.7, "paper_acc": 0.9093, "paper_loss": 0.2847},
+                       {"setting": "BagNet-33, random 25%", "reading": "channel", "acc": 0.76, "n_masks": 30,
+                        "mask_spread": [0.755, 0.765], "diff": -0.012, "diff_ci": [-0.02, -0.004],
+                        "paper_acc": 0.8827, "paper_loss": 0.4123}],
+            "verdicts": [{"claim": "(c) about 25% can be dropped without loss of accuracy", "reading": "patch",
+                          "verdict": "supported", "evidence": "all kept 0.762 → 0.760", "caveat": "nothing is saved"}]}
 
 
 def test_update_readme_rewrites_only_its_marked_blocks(tmp_path):
@@ -78,10 +82,12 @@ def test_update_readme_rewrites_only_its_marked_blocks(tmp_path):
     text = readme.read_text()
     assert "old table" not in text and "old times" not in text
     assert text.startswith("# title\n\nintro\n\n## Results\n<!-- results:start -->\n") and text.endswith("tail text\n")
-    assert "| ResNet-50 | 0.781 [0.741, 0.821] | 0.700 | 0.9093 | 0.2847 |" in text
-    assert "| BagNet-33, random 25% (30 masks) | 0.760 [0.755, 0.765] | 0.710 | 0.8827 | 0.4123 |" in text
+    assert "| ResNet-50 | model | 0.781 | [0.741, 0.821] | – | – | 0.700 | 0.9093 | 0.2847 |" in text
+    assert ("| BagNet-33, random 25% | channel | 0.760 | – | [0.755, 0.765] (30 masks) | -0.012 [-0.020, -0.004] "
+            "| – | 0.8827 | 0.4123 |") in text
     assert "112 px, width 0.25, 30 epochs" in text and "41.3 min" in text
-    assert "- **(c) about 25% of patches can be dropped: supported.**" in text
+    assert ("- **(c) about 25% can be dropped without loss of accuracy** — reading `patch`: **supported**. "
+            "all kept 0.762 → 0.760. *Caveat:* nothing is saved.") in text
     assert "](figures/cpu/04_drop_curve.png)" in text and "](figures/cpu/04_blackout_masks.png)" in text
     assert "| 70 | 600 | 1700 | 100 | 5 | 41.3 min |" in text
     assert update_readme(readme, _summary(), settings) and readme.read_text() == text  # idempotent

@@ -35,6 +35,9 @@ def _model(name="bagnet33"):
     return build_model(name, 5, width=0.125)
 
 
+_build = _model
+
+
 @pytest.mark.slow
 def test_loss_falls_on_the_training_images(tmp_path_factory, tmp_path):
     from bagnet_lib.data.synthetic import generate_synthetic_dataset
@@ -57,9 +60,12 @@ def test_loss_falls_on_the_training_images(tmp_path_factory, tmp_path):
     assert result.best_val_acc == hist["val_acc"].max()
 
 
-def test_an_interrupted_run_resumes_to_identical_weights(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name,precision", [("bagnet33", "fp32"), ("bagnet33", "bf16"), ("resnet50", "bf16")])
+def test_an_interrupted_run_resumes_to_identical_weights(data, tmp_path, monkeypatch, name, precision):
+    """In every precision (and channels-last for ResNet-50): same seed, same weights; resumed = uninterrupted."""
     train, val = data
-    profile = _profile(epochs=3)
+    profile = _profile(epochs=3, precision=precision, channels_last=True)
+    _model = lambda: _build(name)  # noqa: E731
     straight = _model()
     train_model(straight, train, val, profile, tmp_path / "a", "bag", seed=7, progress=False)
 
@@ -110,3 +116,104 @@ def test_predict_patch_logits_shape(data):
     model = _model().eval()
     out = predict(model, eval_batch(train, SIZE)[:3], batch_size=2, patch=True)
     assert out.shape == (3, 5, 2, 2)
+
+
+def test_precision_resolves_to_what_the_device_can_do(monkeypatch):
+    cpu = torch.device("cpu")
+    assert train_mod.resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(train_mod, "cpu_has_fast_bf16", lambda: True)
+    assert train_mod.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(train_mod, "cpu_has_fast_bf16", lambda: False)  # emulated bf16 would be slower
+    assert train_mod.resolve_precision("bf16", cpu) == "fp32"
+    with pytest.raises(UserError, match="Unknown precision 'fp16'"):
+        train_mod.resolve_precision("fp16", cpu)
+
+
+def test_channels_last_only_where_it_is_safe_and_faster():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train_mod.use_channels_last(_model("resnet50"), cpu, True)
+    assert not train_mod.use_channels_last(_model("resnet50"), cpu, False)
+    assert not train_mod.use_channels_last(_model("bagnet33"), cpu, True)  # oneDNN crash, no gain (docstring)
+    assert train_mod.use_channels_last(_model("bagnet33"), cuda, False)
+
+
+def test_training_keeps_bagnets_in_nchw_and_resnet_in_channels_last(data, tmp_path):
+    train, val = data
+    for name in ("bagnet33", "resnet50"):
+        model = _model(name)
+        train_model(model, train, val, _profile(epochs=1, channels_last=True, precision="bf16"), tmp_path, name,
+                    progress=False)
+        w = model.layer1[0].conv2.weight  # 3×3: its strides tell the layout (a 1×1 kernel's would not)
+        assert w.is_contiguous(memory_format=torch.channels_last) == (name == "resnet50"), name
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_every_evaluation_path_computes_alike(data, precision):
+    """Image logits (`predict`) and the mean of the cached patch logits agree: one precision for full and masked."""
+    from bagnet_lib.experiments import cache_logits
+
+    train, _ = data
+    model = _model().eval()
+    images = eval_batch(train, SIZE)[:12]
+    logits = predict(model, images, batch_size=5, precision=precision)
+    cache = cache_logits(model, images, train.labels[:12], batch_size=4, progress=False, precision=precision)
+    torch.testing.assert_close(cache.patch_logits.mean(dim=(2, 3)), logits, rtol=1e-5, atol=1e-5)
+    patch = predict(model, images, batch_size=5, patch=True, precision=precision)
+    torch.testing.assert_close(patch, cache.patch_logits, rtol=0, atol=0)
+    if precision == "bf16" and train_mod.resolve_precision("bf16", torch.device("cpu")) == "bf16":
+        fp32 = predict(model, images, batch_size=5)
+        assert not torch.equal(fp32, logits)  # bf16 really ran …
+        assert (fp32 - logits).norm() / fp32.norm() < 0.05  # … and stays close to fp32
+
+
+def test_prefetch_keeps_the_order_and_hands_over_errors():
+    from bagnet_lib.data.tensors import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=2)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise KeyError("in the producer")
+
+    it = prefetch(broken())
+    assert next(it) == 1
+    with pytest.raises(KeyError, match="in the producer"):
+        next(it)
+    endless = prefetch(iter(int, 1))  # never ends: stopping early must not hang
+    assert [next(endless) for _ in range(3)] == [0, 0, 0]
+    endless.close()
+
+
+def test_the_papers_last_partial_batch_is_trained_and_the_schedule_ends_on_time(data, tmp_path):
+    from bagnet_lib.data.tensors import train_batches
+
+    train, val = data
+    assert len(train) % 8 != 0
+    full = list(train_batches(train, SIZE, 8, 0, 0, drop_last=False))
+    assert len(full) == -(-len(train) // 8) and sum(len(y) for _, y in full) == len(train)
+    assert len(list(train_batches(train, SIZE, 8, 0, 0))) == len(train) // 8
+    for drop_last in (True, False):  # the cosine schedule reaches 0 exactly at the last step either way
+        result = train_model(_model(), train, val, _profile(epochs=2, drop_last=drop_last), tmp_path / str(drop_last),
+                             "bag", progress=False)
+        assert result.history["lr"].iloc[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_original_size_decoding_keeps_the_full_image(synthetic_root):
+    df = make_split(synthetic_root, seed=0)
+    classes = sorted(df["label"].unique())
+    resized = load_split_tensors(synthetic_root, df, "val", classes, SIZE, progress=False)
+    original = load_split_tensors(synthetic_root, df, "val", classes, SIZE, progress=False, original_size=True)
+    assert min(resized.images[0].shape[-2:]) == 55  # ceil(48 · 256 / 224)
+    assert tuple(original.images[0].shape[-2:]) == (64, 64)  # the synthetic images are 64 px
+
+
+def test_an_unfinished_prefetch_does_not_abort_the_interpreter_at_exit():
+    """A producer thread still inside torch at exit would abort Python ("terminate called …", status 134)."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom bagnet_lib.data.tensors import prefetch\n"
+            "def endless():\n    while True:\n        yield torch.randn(64, 3, 64, 64).sum()\n"
+            "g = prefetch(endless())\nnext(g)\nprint('left unfinished')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and "left unfinished" in done.stdout, (done.returncode, done.stderr[-500:])

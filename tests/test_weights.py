@@ -60,6 +60,9 @@ def test_bagnet_pretrained_downloads_verifies_and_loads_strictly(tmp_path, monke
         if not key.startswith("fc."):
             assert torch.equal(own[key], value), key
     assert model.fc.weight.shape == (5, 2048)
+    # BatchNorm momentum as in the official code: 0.001 in the stem, 0.1 in the blocks (from scratch: 0.1 everywhere)
+    assert model.bn1.momentum == 0.001 and model.layer1[0].bn1.momentum == 0.1
+    assert bagnet(name).bn1.momentum == 0.1
     # second time: from the cache, offline (the source is gone)
     src.unlink()
     build_model(name, num_classes=5, pretrained=True)

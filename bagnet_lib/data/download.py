@@ -30,8 +30,13 @@ __all__ = [
     "FLOWER_PHOTOS_BYTES",
     "FLOWER_PHOTOS_SHA256",
     "FLOWER_PHOTOS_URL",
+    "CS229_COMMIT",
+    "CS229_URL",
+    "CS229_TREE_SHA256",
+    "download_cs229",
     "download_flowers",
     "has_dataset",
+    "tree_digest",
 ]
 
 FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
@@ -263,3 +268,112 @@ def _publish(extract_dir: Path, dest: Path) -> None:
     if dest.is_dir() and not dest.is_symlink():
         dest.rmdir()  # only ever empty here (checked before downloading); fails loudly otherwise
     os.rename(extract_dir, dest)
+
+
+# --------------------------------------------------------------------------- the paper's own data and split
+# The paper's repository ships its exact data and split as `flowers_tvtsplit/{train,val,test}/<class>/*.jpg`
+# (4,242 original-size JPEGs; the same files and split as ../shared/data/flowers_paper_split.csv). Pinned
+# to one commit. GitHub generates its archives on the fly, so their bytes are not a stable thing to
+# pin; the *content* is: `tree_digest` of the extracted `flowers_tvtsplit/` (computed from that commit).
+CS229_COMMIT = "f34fd567a048e5f067ed10956dd2f1d549360542"
+CS229_URL = f"https://codeload.github.com/rui-yan/CS229-final-project/tar.gz/{CS229_COMMIT}"
+CS229_TREE_SHA256 = "4509bcc2d12ba7d427bf08c8d987cdb85c4dea68e8e9eaf9e897aaa3b1054d00"
+CS229_SPLITS = ("train", "val", "test")
+
+
+def tree_digest(files: dict[str, bytes | Path]) -> str:
+    """SHA-256 of the sorted lines `<relative path>\t<SHA-256 of the file>`: one hash for a whole folder."""
+    from ..weights import sha256_of
+
+    lines = []
+    for rel, content in files.items():
+        digest = hashlib.sha256(content).hexdigest() if isinstance(content, bytes) else sha256_of(content)
+        lines.append(f"{rel}\t{digest}")
+    return hashlib.sha256(("\n".join(sorted(lines)) + "\n").encode()).hexdigest()
+
+
+def download_cs229(dest: str | Path = "data/flowers_cs229", url: str = CS229_URL,
+                   tree_sha256: str | None = CS229_TREE_SHA256, timeout: float = 30.0,
+                   progress: bool = True) -> tuple[Path, Path]:
+    """The paper's data and split from its repository: `dest/<class>/<image>` and `<dest>_paper_split.csv`.
+
+    The archive (the whole repository at `CS229_COMMIT`, about 500 MB) is streamed to a temporary file, only
+    `flowers_tvtsplit/<split>/<class>/<image>` is extracted (safely: `tarfile`'s "data" filter, no links),
+    into a temporary folder next to `dest`, and the extracted files are checked against `tree_sha256`
+    before anything is moved onto `dest`; a mismatch deletes everything and installs nothing. Returns the
+    dataset folder and the manifest (path,split) that reproduces the paper's split. Idempotent.
+    """
+    dest = Path(dest)
+    manifest = dest.parent / f"{dest.name}_paper_split.csv"
+    if has_dataset(dest) and manifest.is_file():
+        return dest, manifest
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserError(f"Cannot install the paper's flowers into {dest.resolve()}: it exists and is not an empty "
+                        "folder. Nothing was changed. Pass another destination with --dest.")
+    parent = dest.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tgz.part", dir=parent)
+    archive = Path(tmp_name)
+    extract_dir: Path | None = None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _fetch(url, out, timeout=timeout, progress=progress)
+        extract_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=parent))
+        splits = _extract_tvtsplit(archive, extract_dir, url=url, progress=progress)
+        if not splits:
+            raise UserError(f"The archive from {url} holds no flowers_tvtsplit/<split>/<class>/ images, so nothing "
+                            f"was installed at {dest}. Check the URL. " + _ALTERNATIVES)
+        if tree_sha256 is not None:
+            actual = tree_digest({f"{split}/{rel}": extract_dir / rel for rel, split in splits.items()})
+            if actual != tree_sha256:
+                raise UserError(
+                    f"The flowers extracted from {url} are not the paper's files (content SHA-256 {actual}, "
+                    f"expected {tree_sha256}), so nothing was installed at {dest}. The download was corrupted or "
+                    "the repository changed; run it again, or use the shared copy (BAGNET_DATA=../shared/data/"
+                    "flowers with ../shared/data/flowers_paper_split.csv).")
+        lines = ["path,split"] + [f"{rel},{split}" for rel, split in sorted(splits.items())]
+        manifest.write_text("\n".join(lines) + "\n")
+        _publish(extract_dir, dest)
+        extract_dir = None
+    finally:
+        archive.unlink(missing_ok=True)
+        if extract_dir is not None and extract_dir.exists():
+            shutil.rmtree(extract_dir, ignore_errors=True)
+    return dest, manifest
+
+
+def _extract_tvtsplit(archive: Path, into: Path, *, url: str, progress: bool) -> dict[str, str]:
+    """Extract `*/flowers_tvtsplit/<split>/<class>/<image>` as `into/<class>/<image>`; return {path: split}."""
+    from tqdm.auto import tqdm
+
+    splits: dict[str, str] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            chosen = []
+            for m in tar:
+                parts = PurePosixPath(m.name).parts
+                if "flowers_tvtsplit" not in parts:
+                    continue
+                rest = parts[parts.index("flowers_tvtsplit") + 1:]
+                if not m.isfile() or len(rest) != 3 or rest[0] not in CS229_SPLITS or not is_image_name(rest[2]):
+                    continue
+                why = _unsafe_reason(m)
+                if why is not None or rest[1] not in FLOWER_CLASSES:
+                    raise UserError(f"The archive from {url} holds an unexpected member {m.name!r} "
+                                    f"({why or 'unknown class'}); nothing was installed. " + _ALTERNATIVES)
+                target = f"{rest[1]}/{rest[2]}"
+                if target in splits:
+                    raise UserError(f"The archive from {url} holds {target} in two splits; nothing was installed.")
+                splits[target] = rest[0]
+                chosen.append(m.replace(name=target, mode=0o644) if hasattr(m, "replace") else _renamed(m, target))
+            for cls in sorted({t.split("/")[0] for t in splits}):
+                (into / cls).mkdir()
+            data_filter = hasattr(tarfile, "data_filter")  # Python without filters: members were checked above
+            for m in tqdm(chosen, desc="extracting", unit="img", disable=not progress):
+                tar.extract(m, into, **({"filter": "data"} if data_filter else {}))
+    except UserError:
+        raise
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UserError(f"The archive downloaded from {url} could not be extracted ({exc}); nothing was installed. "
+                        "Run the download again. " + _ALTERNATIVES) from exc
+    return splits

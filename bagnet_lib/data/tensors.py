@@ -12,8 +12,11 @@ CenterCrop(size); ImageNet mean/std; always RGB with EXIF orientation applied.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import math
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -54,15 +57,16 @@ def _content_key(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def _decode(path: Path, base: int) -> Tensor:
+def _decode(path: Path, base: int | None) -> Tensor:
     img = load_rgb(path)
     t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
-    return TF.resize(t, [base], antialias=True) if min(t.shape[-2:]) != base else t
+    return TF.resize(t, [base], antialias=True) if base is not None and min(t.shape[-2:]) != base else t
 
 
-def decode_images(root: str | Path, paths: Sequence[str], base: int, cache_file: str | Path | None = None,
+def decode_images(root: str | Path, paths: Sequence[str], base: int | None, cache_file: str | Path | None = None,
                   progress: bool = True) -> list[Tensor]:
-    """uint8 tensors for `paths` (relative to `root`), from `cache_file` where the content matches.
+    """uint8 tensors for `paths` (relative to `root`), shorter side `base` (None: as decoded), from
+    `cache_file` where the content matches.
 
     A file that cannot be decoded raises `UserError` naming it; the split step excludes unreadable
     files beforehand, so this only happens when a file changed after the split was written.
@@ -79,7 +83,7 @@ def decode_images(root: str | Path, paths: Sequence[str], base: int, cache_file:
     for rel in tqdm(paths, desc=f"decode @{base}px", disable=not progress, leave=False):
         path = root / rel
         try:
-            key = f"{_content_key(path)}@{base}"
+            key = f"{_content_key(path)}@{base or 'original'}"
             if key not in cache:
                 cache[key] = _decode(path, base)
                 fresh += 1
@@ -94,13 +98,19 @@ def decode_images(root: str | Path, paths: Sequence[str], base: int, cache_file:
 
 
 def load_split_tensors(root: str | Path, split_df, split: str, classes: Sequence[str], image_size: int,
-                       cache_dir: str | Path | None = None, progress: bool = True) -> ImageTensors:
-    """Decode the rows of `split_df` (columns path, label, split) whose split is `split`."""
+                       cache_dir: str | Path | None = None, progress: bool = True,
+                       original_size: bool = False) -> ImageTensors:
+    """Decode the rows of `split_df` (columns path, label, split) whose split is `split`.
+
+    Images are kept with their shorter side at `base_size_for(image_size)`, or at their original size
+    with `original_size` (the paper's crops came from the full images).
+    """
     rows = split_df[split_df["split"] == split]
     if rows.empty:
         raise UserError(f"The split table has no '{split}' images; rebuild it with `data split`.")
-    base = base_size_for(image_size)
-    cache_file = Path(cache_dir) / f"decoded_{base}px.pt" if cache_dir is not None else None
+    base = None if original_size else base_size_for(image_size)
+    cache_file = (Path(cache_dir) / f"decoded_{base or 'original'}{'px' if base else ''}.pt"
+                  if cache_dir is not None else None)
     images = decode_images(root, list(rows["path"]), base, cache_file, progress)
     index = {c: i for i, c in enumerate(classes)}
     labels = torch.tensor([index[c] for c in rows["label"]], dtype=torch.long)
@@ -178,3 +188,62 @@ def eval_batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[tu
     """Consecutive slices of a pre-transformed uint8 stack."""
     for start in range(0, len(images), batch_size):
         yield images[start:start + batch_size], labels[start:start + batch_size]
+
+
+def prefetch(batches: Iterator, depth: int = 2) -> Iterator:
+    """Yield the items of `batches`, produced `depth` ahead in a background thread while the caller computes.
+
+    The thread runs torch with one intra-op thread (with the default, it and the training step would
+    fight over the same cores and both slow down). The order is unchanged, so an epoch stays
+    reproducible from (seed, epoch); an exception in the producer is re-raised here, and a consumer that
+    stops early (an error, a KeyboardInterrupt) stops the producer too.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)  # wakes up to notice `stop`; never decides a result
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        torch.set_num_threads(1)
+        try:
+            for batch in batches:
+                if not put(("batch", batch)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(("error", exc))
+
+    worker = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    _LIVE_PRODUCERS.add((stop, worker))
+    worker.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+        _LIVE_PRODUCERS.discard((stop, worker))
+
+
+# A producer still inside torch when the interpreter exits aborts the process ("terminate called without an
+# active exception"), e.g. after a `prefetch` generator was left unfinished: stop and join them all first.
+_LIVE_PRODUCERS: set = set()
+
+
+@atexit.register
+def _stop_producers() -> None:
+    for stop, worker in list(_LIVE_PRODUCERS):
+        stop.set()
+        worker.join()

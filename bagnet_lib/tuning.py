@@ -1,0 +1,102 @@
+"""Tuning runs of a profile, recorded: `python -m bagnet_lib tune --name … --set image_size=160 …`.
+
+Each run trains the chosen models with a profile whose fields are replaced by `--set` (in its own run
+directory, resumable like any training), then appends one record per model to
+`results/tuning/<profile>.json`: the settings that differ from the profile, best validation epoch and
+accuracy, per-epoch validation accuracy, test accuracy and loss, seconds per epoch, the machine's load.
+Choices are made on validation accuracy; the test numbers are recorded because hiding them would be worse.
+`tuning_table` renders the file as the README's "How the cpu profile was tuned" table (the `tuning` block).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import fields, replace
+from pathlib import Path
+
+from .errors import UserError
+from .io import write_json
+from .profiles import Profile, get_profile
+
+TUNING_DIR = Path(__file__).resolve().parents[1] / "results" / "tuning"
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`["image_size=160", "lr=0.1", "precision=bf16"]` → typed profile overrides (checked against Profile)."""
+    types = {f.name: f.type for f in fields(Profile)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in types or key == "name":
+            raise UserError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of "
+                            f"{', '.join(k for k in types if k != 'name')}.")
+        kind = str(types[key])
+        try:
+            if "bool" in kind:
+                out[key] = value.lower() in ("1", "true", "yes")
+            elif kind.startswith("int"):
+                out[key] = None if value.lower() == "none" else int(value)
+            elif kind.startswith("float"):
+                out[key] = float(value)
+            else:
+                out[key] = value
+        except ValueError:
+            raise UserError(f"--set {pair!r}: {value!r} is not a valid {kind}.") from None
+    return out
+
+
+def tune(name: str, overrides: dict, models: tuple[str, ...] = ("resnet50", "bagnet33"), profile: str = "cpu",
+         run_dir: str | Path | None = None, data_dir: str | Path | None = None, manifest: str | Path | None = None,
+         seed: int = 0, out: str | Path | None = None, progress: bool = True) -> list[dict]:
+    """Train `models` with `profile` and `overrides`; append their records to results/tuning/<profile>.json."""
+    from .pipeline import prepare_run, train_step
+
+    base = get_profile(profile)
+    p = replace(base, **overrides)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    run = prepare_run(run_dir or Path("runs") / "tune" / slug, p, data_dir, manifest, seed, progress=progress)
+    out = Path(out) if out else TUNING_DIR / f"{profile}.json"
+    records = []
+    for model in models:
+        m = train_step(run, model, progress)
+        hist = json.loads(json.dumps(_history(run, model)))
+        seconds = sorted(hist["seconds"])
+        records.append({
+            "run": name, "model": model, "settings": {k: v for k, v in p.to_dict().items()
+                                                      if getattr(base, k) != v},
+            "epochs": p.epochs, "image_size": p.image_size, "precision": m.get("precision", p.precision),
+            "best_epoch": m["best_epoch"], "best_val_acc": m["best_val_acc"],
+            "test_acc": m["test"]["acc"], "test_loss": m["test"]["loss"], "train_acc_eval_transform": m["train"]["acc"],
+            "median_epoch_seconds": seconds[len(seconds) // 2],
+            "val_acc_by_epoch": [round(v, 4) for v in hist["val_acc"]],
+            "load_average_at_end": round(os.getloadavg()[0], 2),
+            "data": "$BAGNET_DATA" if os.environ.get("BAGNET_DATA") else "default data folder",
+            "split": "the paper's (manifest)" if manifest else "this project's, seeded",
+        })
+        book = json.loads(out.read_text()) if out.is_file() else {"what": f"tuning runs of the {profile} profile",
+                                                                  "runs": []}
+        book["runs"] = [r for r in book["runs"] if not (r["run"] == name and r["model"] == model)] + records[-1:]
+        write_json(out, book)
+    return records
+
+
+def _history(run, model: str) -> dict:
+    import pandas as pd
+
+    return pd.read_csv(run.results / f"{model}_history.csv").to_dict("list")
+
+
+def tuning_table(book: dict) -> str:
+    """Markdown: one row per tuning run (both models side by side), from results/tuning/<profile>.json."""
+    by_run: dict[str, dict] = {}
+    for r in book["runs"]:
+        by_run.setdefault(r["run"], {})[r["model"]] = r
+    lines = ["| run | ResNet-50 val / test (best epoch) | BagNet-33 val / test (best epoch) | median seconds per "
+             "epoch (ResNet / BagNet) |", "| --- | --- | --- | --- |"]
+    for run, m in by_run.items():
+        cell = lambda r: f"{r['best_val_acc']:.3f} / {r['test_acc']:.3f} ({r['best_epoch']}/{r['epochs']})" if r else "–"  # noqa: E731
+        sec = lambda r: f"{r['median_epoch_seconds']:.1f}" if r else "–"  # noqa: E731
+        r50, b33 = m.get("resnet50"), m.get("bagnet33")
+        lines.append(f"| {run} | {cell(r50)} | {cell(b33)} | {sec(r50)} / {sec(b33)} |")
+    return "\n".join(lines)
