@@ -22,10 +22,10 @@ MANIFEST_ABS = $(if $(MANIFEST),$(abspath $(MANIFEST)))
 MANIFEST   ?= $(if $(and $(DATA),$(filter $(abspath $(DATA)),$(abspath $(SHARED_DATA)))),$(wildcard $(SHARED_MANIFEST)),)
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast test-browser reproduce lab clean
+.PHONY: help setup test test-fast lint test-browser reproduce lab clean
 
 help:
-	@echo "make test        create .venv, install, run pytest (all but the browser test)"
+	@echo "make test        create .venv, install, run ruff, then pytest (all but the browser test)"
 	@echo "make test-fast   the quick lane: pytest without the tests marked slow (under a minute)"
 	@echo "make test-browser  the blackout explorer in JupyterLab, driven in headless Chromium (needs chromium on PATH)"
 	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR))"
@@ -42,9 +42,12 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 	@echo ">>> environment ready: $$($(PY) -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
 
-test: $(STAMP)
+test: $(STAMP) lint
 	@echo ">>> running the test suite (data: $(or $(DATA),none; data tests skip))"
 	BAGNET_DATA=$(DATA_ABS) $(PY) -m pytest -m "not browser" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check bagnet_lib tests
 
 # The quick lane while iterating: everything but the tests marked `slow` (notebook runs, training subprocesses,
 # smoke pipelines, benchmarks) and the browser test.

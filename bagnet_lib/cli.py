@@ -122,8 +122,8 @@ def _run(args: argparse.Namespace) -> int:
             if args.name not in ("train", "precision"):
                 raise UserError(f"--readme is for `bench train` and `bench precision` (`bench {args.name}` has no "
                                 "README block).")
-            from .report import replace_block
             from .io import write_text
+            from .report import replace_block
 
             readme = Path(args.readme)
             try:

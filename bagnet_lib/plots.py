@@ -152,7 +152,7 @@ def plot_blackout_masks(image: Tensor, panels: Mapping[str, Tensor], out: str | 
     """The paper's Fig. 4: one image with each keep-mask's dropped tiles painted grey."""
     from .experiments import pixel_blackout
 
-    fig = Figure(figsize=(2.6 * (len(panels) + 1), 3))
+    fig = Figure(figsize=(2.6 * (len(panels) + 1), 3.3), layout="constrained")
     axes = fig.subplots(1, len(panels) + 1)
     axes[0].imshow(_img(image))
     axes[0].set_title("original")

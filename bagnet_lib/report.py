@@ -171,7 +171,7 @@ def blackout_evidence(run: Run, bagnet: str = "bagnet33") -> dict:
             "acc_drop": full - c_mean.double().mean(1).numpy(), "temperature_null": temp}
 
 
-def table1_rows(run: Run, metrics: dict, evidence: dict) -> list[dict]:
+def table1_rows(run: Run, metrics: dict, evidence: dict, blackout: list[dict] = ()) -> list[dict]:
     """Table 1 as data: this run next to the paper, one row per setting and reading, intervals by method."""
     out = []
     for m, label in (("resnet50", "ResNet-50"), ("bagnet33", "BagNet-33")):
@@ -187,8 +187,10 @@ def table1_rows(run: Run, metrics: dict, evidence: dict) -> list[dict]:
         correct = evidence["rows"][(reading, kind, frac)].astype(float)  # [M, N]
         per_mask = correct.mean(axis=1)
         diff = correct.mean(axis=0) - full
+        entry = find(blackout, kind if reading == "patch" else f"channel_{kind}", frac)
         out.append({"setting": f"BagNet-33, {label}", "reading": reading, "kind": kind, "drop_frac": frac,
                     "acc": float(per_mask.mean()), "n_masks": int(len(per_mask)),
+                    **({"loss": float(entry["loss_mean"])} if entry else {}),
                     "mask_spread": list(spread(per_mask)) if len(per_mask) > 1 else None,
                     "diff": float(diff.mean()), "diff_ci": list(bootstrap_ci(diff)),
                     "paper_acc": PAPER_TABLE1[paper]["acc"], "paper_loss": PAPER_TABLE1[paper]["loss"],
@@ -248,7 +250,7 @@ def build_summary(run: Run, minutes: float | None = None) -> dict:
     summary["blackout"] = blackout_summary(runs)
     summary["drop_curve"] = drop_curve_summary(runs)
     evidence = blackout_evidence(run)
-    summary["table1"] = table1_rows(run, metrics, evidence)
+    summary["table1"] = table1_rows(run, metrics, evidence, summary["blackout"])
     predictions = {m: pd.read_csv(run.results / f"{m}_test_predictions.csv") for m in ("resnet50", "bagnet33")}
     summary["verdicts"] = build_verdicts(run, evidence, predictions)
     summary["leakage"] = leakage_note(run)
@@ -355,7 +357,7 @@ def render_report(summary: dict, figures: list[str] = (), figure_dir: str = "fig
     if summary.get("drop_curve"):
         lines += ["", "## The drop curve (BagNet-33, random patch masks)", "",
                   "Each row: the same random masks scored with the dropped patch logits left out of the mean (`mean`) "
-                  "and set to 0 (`zero`); the interval is over masks. The full curve (every 5 %) is in "
+                  "and set to 0 (`zero`); the bracket is where 95 % of the masks lie. The full curve (every 5 %) is in "
                   "`results/<profile>/summary.json` and the drop-curve figure.", ""]
         lines += drop_curve_table(summary["drop_curve"])
     lines += ["", "## Structured masks (BagNet-33, patch logits, `mean` aggregation; test accuracy)", "",

@@ -35,6 +35,19 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, level: float = LEVEL, n_r
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
+def bootstrap_statistic_ci(n: int, statistic, level: float = LEVEL, n_resamples: int = 1000,
+                           seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of any `statistic(indices)` of `n` test images (resampling images).
+
+    `statistic` receives an integer index array (a resample of range(n)) and returns a number, e.g. a
+    curve fitted to the resampled images' per-image values (see `verdicts.claim_d`).
+    """
+    res = _scipy_stats.bootstrap((np.arange(n),), lambda idx: statistic(idx.astype(int)), n_resamples=n_resamples,
+                                 confidence_level=level, method="percentile", vectorized=False,
+                                 random_state=np.random.default_rng(seed))
+    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
 def t_interval(values: Sequence[float] | np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     """Student-t interval of the mean of a few runs; a single run gives (value, value)."""
     v = np.asarray(values, dtype=np.float64).ravel()

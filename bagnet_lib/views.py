@@ -139,7 +139,7 @@ def paper_masks(run: Run, index: int = 0, seed: int = 0) -> Figure:
     cache = cache_step(run, "bagnet33", "test", progress=False)
     h, w = cache.grid
     image = eval_batch(run.tensors("test", progress=False), run.profile.image_size)[index]
-    panels = {"alternating: raster\n(spatial analogue of the code's\nchannel index parity)": make_mask("raster", h, w),
+    panels = {"alternating: raster (a spatial\nanalogue of the code's parity)": make_mask("raster", h, w),
               **{f"random {int(f * 100)}% dropped": make_mask("random", h, w, f, seed) for f in (0.75, 0.5, 0.25)}}
     return plots.plot_blackout_masks(image, panels, run.figures / "04_blackout_masks.png")
 

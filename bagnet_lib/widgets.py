@@ -280,8 +280,9 @@ class BlackoutExplorer:
         # (1) image
         img = pixel_blackout(self.images[i:i + 1].clone(), keep)[0]
         a["img_im"].set_data(img.permute(1, 2, 0).numpy())
+        oracle = " (an oracle: ranked by the all-patch prediction)" if name in ("top-k", "bottom-k") else ""
         a["img"].set_title(f"{name}{f' (seed {seed})' if name in SEEDED else ''}: "
-                           f"{n_kept} of {total} patches kept\n(grey = blacked out)")
+                           f"{n_kept} of {total} patches kept\n(grey = blacked out){oracle}")
         fname = self.file_name(i)
         a["img"].set_xlabel(f"image {i}" + (f": {fname}" if fname else ""), fontsize=9)
 

@@ -9,8 +9,17 @@ import torch.nn.functional as F
 
 from bagnet_lib.aggregate import AGGREGATIONS, aggregate
 from bagnet_lib.data.tensors import normalize
-from bagnet_lib.experiments import (LogitCache, cache_logits, channel_mask, channel_masked_logits, channel_sweep,
-                                    pixel_blackout, pixel_keep_map, summarize_sweep, sweep)
+from bagnet_lib.experiments import (
+    LogitCache,
+    cache_logits,
+    channel_mask,
+    channel_masked_logits,
+    channel_sweep,
+    pixel_blackout,
+    pixel_keep_map,
+    summarize_sweep,
+    sweep,
+)
 from bagnet_lib.masks import MASK_KINDS, make_mask
 from bagnet_lib.models import bagnet33
 

@@ -74,7 +74,8 @@ def test_results_json_has_the_expected_keys_and_sane_values(smoke_run):
         ("(a)", "model"), ("(b)", "patch"), ("(b)", "channel"), ("(c)", "patch"), ("(c)", "channel"), ("(d)", "patch")]
     assert verdicts[0]["verdict"] == "not tested in the paper's setting"  # smoke trains from scratch
     assert all(v["verdict"] in ("supported", "not supported", "inconclusive") for v in verdicts[1:5])
-    assert verdicts[5]["verdict"].startswith("supported, and ")
+    assert verdicts[5]["verdict"].split(":")[0].split(",")[0] in ("supported", "not supported")
+    assert {"mean_fit", "accuracy_fit"} <= set(verdicts[5]["numbers"])
     rows = {(r["setting"], r["reading"]) for r in summary["table1"]}
     assert ("BagNet-33, random 25%", "patch") in rows and ("BagNet-33, random 25%", "channel") in rows
     assert any(s.startswith("ResNet-50 (best validation epoch") for s, _ in rows)

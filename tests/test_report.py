@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bagnet_lib.report import (compute_section, drop_curve_summary, drop_curve_table, paired_accuracy_difference,
-                               structured_table, update_readme)
+from bagnet_lib.report import (
+    compute_section,
+    drop_curve_summary,
+    drop_curve_table,
+    paired_accuracy_difference,
+    structured_table,
+    update_readme,
+)
 
 
 def test_compute_section_reads_the_sparse_benchmark():

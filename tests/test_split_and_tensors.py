@@ -9,9 +9,15 @@ import torch
 from PIL import Image
 
 from bagnet_lib.data.folder import Sample, list_images, resolve_data_dir
-from bagnet_lib.data.split import (check_splittable, make_split, read_manifest, stratified_split, subsample)
-from bagnet_lib.data.tensors import (decode_images, eval_transform, load_split_tensors, random_resized_crop_params,
-                                     train_batches, train_transform)
+from bagnet_lib.data.split import check_splittable, make_split, read_manifest, stratified_split, subsample
+from bagnet_lib.data.tensors import (
+    decode_images,
+    eval_transform,
+    load_split_tensors,
+    random_resized_crop_params,
+    train_batches,
+    train_transform,
+)
 from bagnet_lib.errors import UserError
 
 from .conftest import PAPER_SPLIT

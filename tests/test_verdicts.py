@@ -122,3 +122,10 @@ def test_d_reports_residual_curvature_for_a_kinked_curve():
     q_ci = v["numbers"]["mean_fit"]["q_ci"]
     assert not (q_ci[0] <= 0 <= q_ci[1])
     assert v["verdict"].startswith("supported, and beyond averaging fewer patches")
+
+
+def test_d_not_supported_when_the_loss_does_not_rise():
+    flat = _per_image(np.zeros(len(FRACS)), noise=0.05)
+    v = V.claim_d(FRACS, flat, flat, np.zeros(len(FRACS)), flat)
+    assert v["verdict"].startswith("not supported") and v["numbers"]["mean_fit"]["c_ci"][0] <= 0
+    assert "nothing for the (1 − f) temperature" in v["evidence"] or "%" in v["evidence"]
