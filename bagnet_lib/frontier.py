@@ -122,7 +122,8 @@ def _point(model: str, method: str, parameter, flops: float, correct: np.ndarray
     per_image = per_image.mean(axis=0) if per_image.ndim == 2 else per_image
     lo, hi = bootstrap_ci(per_image)
     return {"model": model, "method": method, "parameter": parameter, "gflops_per_image": float(flops) / 1e9,
-            "acc": float(per_image.mean()), "acc_ci_low": lo, "acc_ci_high": hi, "n_images": int(per_image.size)}
+            "acc": float(per_image.mean()), "acc_ci_low": lo, "acc_ci_high": hi, "n_images": int(per_image.size),
+            "_correct": per_image}
 
 
 def strided_keep(h: int, w: int, step: int) -> Tensor:
@@ -178,6 +179,30 @@ def downscaled_points(model: nn.Module, name: str, images: Tensor, labels: Tenso
         small = max(33, int(round(size * s)))  # a BagNet-33 needs at least one 33 px window
         batch = images if small == size else TF.resize(images, [small, small], antialias=True)
         logits = predict(model, batch, batch_size, precision=precision)
-        points.append(_point(name, "fewer pixels (dense)", small, dense_flops(model, small),
-                             (logits.argmax(-1) == labels).numpy()))
+        points.append(_point(name, "dense" if small == size else "fewer pixels (dense)", small,
+                             dense_flops(model, small), (logits.argmax(-1) == labels).numpy()))
     return points
+
+
+def per_image_correct(points: list[dict]) -> dict:
+    """Drop the per-image arrays from `points` (kept for paired intervals) into a {index: array} dict."""
+    return {i: pt.pop("_correct") for i, pt in enumerate(points) if "_correct" in pt}
+
+
+@torch.no_grad()
+def verify_sparse(model: nn.Module, images: Tensor, cache, keep_frac: float = 0.25, n_images: int = 4,
+                  seed: int = 0) -> float:
+    """Largest |difference| between the dense patch logits and really computing only the kept windows
+    (`sparse.patch_logits_at`), fp32, for a few test images under one random mask: the check behind every
+    simulation on the logit cache (a patch logit does not depend on the other patches)."""
+    from .data.tensors import normalize
+    from .masks import make_mask
+    from .sparse import patch_logits_at
+
+    h, w = cache.grid
+    keep = make_mask("random", h, w, 1 - keep_frac, seed)
+    x = normalize(images[:n_images].to(next(model.parameters()).device)).float()
+    model = model.float().eval()
+    real = patch_logits_at(model, x, keep).cpu()
+    dense = model.patch_logits(x).float().cpu()
+    return float((real - dense)[:, :, keep].abs().max())

@@ -31,7 +31,7 @@ from .data.split import make_split, read_manifest, read_split, subsample, write_
 from .data.tensors import ImageTensors, eval_batch, load_split_tensors
 from .errors import UserError
 from .experiments import PAPER_SETTINGS, LogitCache, cache_logits, channel_sweep, pixel_blackout_eval, sweep
-from .io import write_json
+from .io import atomic_write, write_json
 from .metrics import evaluate_logits
 from .models import build_model
 from .profiles import Profile, get_profile
@@ -286,4 +286,54 @@ def blackout_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> 
                       .assign(experiment="pixel"))
     df = pd.concat(frames, ignore_index=True)
     df.to_csv(run.results / "blackout_runs.csv", index=False)
+    return df
+
+
+def frontier_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> pd.DataFrame:
+    """Accuracy against GFLOPs per image for every way of spending less: results/frontier.csv (one writer).
+
+    From the logit cache: the dense BagNet, kept patches (random, centre, strided), anytime stopping;
+    with forward passes: the BagNet and ResNet-50 on downscaled test images, and a check that computing
+    only the kept windows really gives the cached patch logits. The per-image correctness of every point
+    goes to cache/frontier_correct.pt (for the paired intervals of claim (e)), the costs of both networks to
+    results/frontier_costs.json.
+    """
+    from .frontier import (
+        COLUMNS,
+        SCALES,
+        cost_model,
+        dense_flops,
+        downscaled_points,
+        frontier_points,
+        pareto_front,
+        per_image_correct,
+        verify_sparse,
+    )
+
+    p = run.profile
+    cache = cache_step(run, bagnet, "test", progress)
+    model = run.model(bagnet)
+    cost = cost_model(model, p.image_size)
+    seeds, _ = mask_seeds(run)
+    points = frontier_points(cache, cost, bagnet, seeds)
+    test = run.tensors("test", progress)
+    images = eval_batch(test, p.image_size)
+    resnet = run.model("resnet50")
+    points += downscaled_points(model, bagnet, images, test.labels, SCALES[:-1], precision=p.precision,
+                                batch_size=p.eval_batch_size)  # its full-size point is the cache's "dense"
+    points += downscaled_points(resnet, "resnet50", images, test.labels, precision=p.precision,
+                                batch_size=p.eval_batch_size)
+    correct = per_image_correct(points)
+    df = pd.DataFrame(points, columns=COLUMNS)
+    df["pareto"] = pareto_front(df["gflops_per_image"], df["acc"])
+    df.to_csv(run.results / "frontier.csv", index=False)
+    tensors = {str(i): torch.as_tensor(v) for i, v in correct.items()}
+    atomic_write(run.run_dir / "cache" / "frontier_correct.pt", lambda f: torch.save(tensors, f))
+    epoch_s = {m: float(pd.read_csv(run.results / f"{m}_history.csv")["seconds"].median()) for m in ("resnet50", bagnet)}
+    write_json(run.results / "frontier_costs.json", {
+        "bagnet": bagnet, "image_size": p.image_size, "bagnet_gflops": cost.dense / 1e9,
+        "bagnet_gflops_per_patch": cost.per_patch / 1e9, "n_patches": cost.n_patches,
+        "break_even_keep_frac": cost.break_even, "resnet_gflops": dense_flops(resnet, p.image_size) / 1e9,
+        "bagnet_epoch_s": epoch_s[bagnet], "resnet_epoch_s": epoch_s["resnet50"],
+        "sparse_check_max_abs_diff": verify_sparse(model, images, cache)})
     return df

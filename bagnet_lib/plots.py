@@ -310,3 +310,23 @@ def augmentation_examples(image: Tensor, size: int, n: int = 6, seed: int = 0,
 
     gen = torch.Generator().manual_seed(seed)
     return [train_transform(image, size, gen, scale_min) for _ in range(n)], eval_transform(image, size)
+
+
+def plot_frontier(points: pd.DataFrame, out: str | Path | None = None,
+                  title: str = "What could blackout save? Test accuracy against forward GFLOPs per image") -> Figure:
+    """Accuracy vs GFLOPs per image (log scale) for every configuration, the Pareto front as a line."""
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    ax = fig.subplots()
+    for (model, method), g in points.groupby(["model", "method"], sort=False):
+        ax.errorbar(g["gflops_per_image"], g["acc"], yerr=[g["acc"] - g["acc_ci_low"], g["acc_ci_high"] - g["acc"]],
+                    fmt="o" if method != "dense" else "*", ms=5 if method != "dense" else 12, capsize=2, alpha=0.8,
+                    label=f"{model}: {method}")
+    front = points[points["pareto"]].sort_values("gflops_per_image")
+    ax.step(front["gflops_per_image"], front["acc"], where="post", color="black", lw=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("forward GFLOPs per image (log scale)")
+    ax.set_ylabel("test accuracy (95% CI over test images)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title)
+    return save(fig, out)

@@ -44,6 +44,7 @@ FIGURE_CAPTIONS = {
     "04_blackout_masks.png": "The paper's four blackout settings on one test image (the paper's Fig. 4).",
     "04_drop_curve.png": "Accuracy and cross-entropy vs the fraction of patches dropped, `mean` vs `zero` aggregation.",
     "04_blackout_kinds.png": "Patch-logit blackout (the paper's text) vs channel masking (the paper's code) vs pixel blackout.",
+    "04_frontier.png": "Test accuracy against forward GFLOPs per image: kept patches, anytime stopping, fewer pixels, ResNet-50.",
     "04_structured.png": "Centre vs border, most vs least confident patches (the latter an oracle: ranked by the full-image prediction).",
 }
 
@@ -212,7 +213,34 @@ def build_verdicts(run: Run, evidence: dict, predictions: dict[str, pd.DataFrame
         out.append(V.claim_c(evidence["full"], rows[(reading, "random", 0.25)], reading))
     out.append(V.claim_d(evidence["curve_fracs"], evidence["loss_mean"], evidence["loss_zero"],
                          evidence["temperature_null"], evidence["acc_drop"]))
+    frontier = frontier_data(run)
+    if frontier is not None:
+        points, correct, costs = frontier
+        out.append(V.claim_e(points, correct, costs, bagnet))
     return out
+
+
+def frontier_data(run: Run) -> tuple[list[dict], dict, dict] | None:
+    """The accuracy–compute points of notebook 04 (results/frontier.csv), their per-image correctness and costs."""
+    import torch
+
+    path = run.results / "frontier.csv"
+    if not path.is_file():
+        return None
+    points = pd.read_csv(path).to_dict("records")
+    correct = {int(k): v.numpy() for k, v in torch.load(run.run_dir / "cache" / "frontier_correct.pt",
+                                                        weights_only=True).items()}
+    return points, correct, json.loads((run.results / "frontier_costs.json").read_text())
+
+
+def frontier_table(points: list[dict]) -> list[str]:
+    """Markdown rows of the Pareto-optimal points (fewest GFLOPs for their accuracy), cheapest first."""
+    front = sorted((p for p in points if p.get("pareto")), key=lambda p: p["gflops_per_image"])
+    lines = ["| model | method | parameter | GFLOPs per image | accuracy [95% CI, bootstrap over test images] |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {p['model']} | {p['method']} | {p['parameter']} | {p['gflops_per_image']:.3f} | {p['acc']:.3f} "
+              f"[{p['acc_ci_low']:.3f}, {p['acc_ci_high']:.3f}] |" for p in front]
+    return lines
 
 
 def leakage_note(run: Run) -> str | None:
@@ -253,6 +281,9 @@ def build_summary(run: Run, minutes: float | None = None) -> dict:
     summary["table1"] = table1_rows(run, metrics, evidence, summary["blackout"])
     predictions = {m: pd.read_csv(run.results / f"{m}_test_predictions.csv") for m in ("resnet50", "bagnet33")}
     summary["verdicts"] = build_verdicts(run, evidence, predictions)
+    frontier = frontier_data(run)
+    if frontier is not None:
+        summary["frontier"], summary["frontier_costs"] = frontier[0], frontier[2]
     summary["leakage"] = leakage_note(run)
     summary["pixel"] = pixel_tiles(run)
     return summary
@@ -364,6 +395,19 @@ def render_report(summary: dict, figures: list[str] = (), figure_dir: str = "fig
               "Patches dropped by position or by confidence, next to random "
               "masks at the same fraction.", ""]
     lines += structured_table(summary["blackout"])
+    if summary.get("frontier"):
+        c = summary["frontier_costs"]
+        lines += ["", "## What could blackout save? Accuracy against compute", "",
+                  f"Forward FLOPs per image (FlopCounterMode: convolutions and matrix products) at {c['image_size']} px: "
+                  f"dense {c['bagnet']} {c['bagnet_gflops']:.3f} GFLOPs, one of its {c['n_patches']} patches computed "
+                  f"alone {c['bagnet_gflops_per_patch']:.4f} GFLOPs, so computing only the kept patches is cheaper "
+                  f"below {100 * min(c['break_even_keep_frac'], 1):.0f} % kept; ResNet-50 {c['resnet_gflops']:.3f} "
+                  f"GFLOPs. Training: {c['bagnet_epoch_s']:.0f} s ({c['bagnet']}) vs {c['resnet_epoch_s']:.0f} s "
+                  "(ResNet-50) per epoch (median). Kept-patch accuracies come from the logit cache (the same numbers a "
+                  f"sparse pass computes: checked on test images, largest difference {c['sparse_check_max_abs_diff']:.1e}); "
+                  "anytime stops an image once the running mean's top-1 margin reaches the threshold. The points no "
+                  "other point beats (fewer GFLOPs and higher accuracy); every point is in `results/frontier.csv`:", ""]
+        lines += frontier_table(summary["frontier"])
     lines += ["", "## Verdicts on the paper's claims", "",
               "One verdict per claim and reading (`model`: no blackout; `patch`: the text's reading; `channel`: "
               "the code's reading).", ""]

@@ -173,3 +173,48 @@ def claim_d(fracs: np.ndarray, loss_mean: np.ndarray, loss_zero: np.ndarray, tem
         "`zero` shrinks the logits by (1 − f) (a temperature): 'non-linear' alone is expected by construction; "
         "the finding is what remains after these",
         mean_fit=fit, accuracy_fit=acc, zero_temperature_share_at_half=explained)
+
+
+# --------------------------------------------------------------------------- (e)
+def claim_e(points: list[dict], correct: dict[int, np.ndarray], costs: dict, bagnet: str = "bagnet33") -> dict:
+    """(e) the efficiency premise: does dropping patches buy the same accuracy for fewer FLOPs?
+
+    `points` are the frontier's configurations (see `frontier`), `correct[i]` point i's per-image
+    correctness (averaged over masks). Baselines: the dense BagNet, the BagNet and ResNet-50 on fewer
+    pixels (their dense points included). A patch-dropping configuration X *saves* compute when some
+    dearer baseline is not significantly more accurate than X (paired image-bootstrap 95 % interval of
+    acc_X − acc_B reaches 0 or above), and every baseline at X's cost or below is significantly less
+    accurate than X. `costs`: seconds per epoch and GFLOPs per image of both networks, for the evidence.
+    """
+    is_base = [pt["method"] in ("dense", "fewer pixels (dense)") for pt in points]
+    base = [i for i, b in enumerate(is_base) if b]
+    savers = []
+    for x, pt in enumerate(points):
+        if is_base[x]:
+            continue
+        diff = {b: bootstrap_ci(np.asarray(correct[x], float) - np.asarray(correct[b], float)) for b in base}
+        dearer_matched = [b for b in base if points[b]["gflops_per_image"] > pt["gflops_per_image"] and diff[b][1] >= 0]
+        cheaper_all_worse = all(diff[b][0] > 0 for b in base if points[b]["gflops_per_image"] <= pt["gflops_per_image"])
+        if dearer_matched and cheaper_all_worse:
+            b = min(dearer_matched, key=lambda i: points[i]["gflops_per_image"])
+            savers.append((points[b]["gflops_per_image"] / pt["gflops_per_image"], x, b, diff[b]))
+    name = lambda p: f"{p['model']} {p['method']} ({p['parameter']})"  # noqa: E731
+    cost_text = (f"Measured by this run: {bagnet} {costs['bagnet_gflops']:.2f} vs ResNet-50 {costs['resnet_gflops']:.2f} "
+                 f"GFLOPs per image (dense, forward), {costs['bagnet_epoch_s']:.0f} vs {costs['resnet_epoch_s']:.0f} s "
+                 "per training epoch (median)")
+    caveat = ("FLOPs count convolutions and matrix products only; wall time also depends on how well the small "
+              "crops of a sparse pass use the machine (see `bench sparse`)")
+    if savers:
+        ratio, x, b, ci = max(savers)
+        return _verdict("(e) dropping patches saves computation at equal accuracy", "compute", "supported",
+                        f"{name(points[x])}: accuracy {points[x]['acc']:.3f} at {points[x]['gflops_per_image']:.3f} "
+                        f"GFLOPs per image, against {name(points[b])}: {points[b]['acc']:.3f} at "
+                        f"{points[b]['gflops_per_image']:.3f} ({ratio:.1f}× the FLOPs; paired difference 95% CI "
+                        f"[{ci[0]:+.3f}, {ci[1]:+.3f}]), and every baseline at its cost or below is less accurate. "
+                        + cost_text, caveat, n_saving=len(savers), best=[int(x), int(b)], ratio=float(ratio))
+    cheapest = min(base, key=lambda i: points[i]["gflops_per_image"])
+    return _verdict("(e) dropping patches saves computation at equal accuracy", "compute", "not supported",
+                    f"no patch-dropping configuration beats the baselines: each is matched or beaten by a dense or "
+                    f"downscaled network at no more FLOPs (the cheapest baseline, {name(points[cheapest])}, reaches "
+                    f"{points[cheapest]['acc']:.3f} at {points[cheapest]['gflops_per_image']:.3f} GFLOPs). " + cost_text,
+                    caveat, n_saving=0)

@@ -172,6 +172,11 @@ def aggregations(run: Run) -> Figure:
                                    run.figures / "04_aggregations.png")
 
 
+def frontier(run: Run) -> Figure:
+    """Accuracy against GFLOPs per image for every way of spending less compute (results/frontier.csv)."""
+    return plots.plot_frontier(pd.read_csv(run.results / "frontier.csv"), run.figures / "04_frontier.png")
+
+
 def explorer(run: Run, max_images: int = 50):
     """The interactive blackout explorer over the run's test images (notebook 04)."""
     from .widgets import BlackoutExplorer

@@ -88,7 +88,7 @@ def test_pareto_front_is_non_dominated_and_complete():
 
 def test_frontier_points_on_a_tiny_cache():
     from bagnet_lib.experiments import cache_logits
-    from bagnet_lib.frontier import COLUMNS, downscaled_points, frontier_points
+    from bagnet_lib.frontier import COLUMNS, downscaled_points, frontier_points, per_image_correct, verify_sparse
 
     torch.manual_seed(0)
     model = bagnet("bagnet33", num_classes=5, width=0.125).eval()
@@ -98,12 +98,17 @@ def test_frontier_points_on_a_tiny_cache():
     cm = cost_model(model, SIZE)
     points = frontier_points(cache, cm, "bagnet33", seeds=range(3), keep_fracs=(0.25, 1.0),
                              thresholds=(float("inf"),))
-    assert all(set(pt) == set(COLUMNS) for pt in points)
+    correct = per_image_correct(points)
+    assert all(set(pt) == set(COLUMNS) for pt in points) and len(correct) == len(points)
+    assert all(abs(correct[i].mean() - pt["acc"]) < 1e-12 for i, pt in enumerate(points))
     by = {(pt["method"], pt["parameter"]): pt for pt in points}
     dense = by[("dense", 1.0)]
     assert by[("kept patches, random", 1.0)]["acc"] == dense["acc"]  # keeping everything is the dense model
     assert by[("kept patches, random", 0.25)]["gflops_per_image"] == pytest.approx(4 * cm.per_patch / 1e9)
     never = by[("anytime (stop when confident)", float("inf"))]  # never confident: every patch, one by one
     assert never["acc"] == dense["acc"] and never["gflops_per_image"] == pytest.approx(16 * cm.per_patch / 1e9)
+    assert verify_sparse(model, images, cache) < 1e-4
     small = downscaled_points(model, "bagnet33", images, labels, scales=(0.75, 1.0))
+    per_image_correct(small)
     assert [pt["parameter"] for pt in small] == [48, 64] and small[0]["gflops_per_image"] < small[1]["gflops_per_image"]
+    assert [pt["method"] for pt in small] == ["fewer pixels (dense)", "dense"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import nbformat
+import pandas as pd
 import pytest
 
 from bagnet_lib.runner import NOTEBOOK_DIR, NOTEBOOKS, NotebookFailed, reproduce
@@ -19,7 +20,7 @@ EXPECTED_FIGURES = [
     "03_bagnet33_history.png", "03_bagnet33_confusion.png", "03_bagnet33_gradcam.png",
     "03_bagnet33_receptive_field.png", "03_bagnet33_evidence.png",
     "04_blackout_masks.png", "04_drop_curve.png", "04_blackout_kinds.png", "04_structured.png",
-    "04_aggregations.png", "04_explorer.png",
+    "04_aggregations.png", "04_explorer.png", "04_frontier.png",
 ]
 
 
@@ -71,11 +72,24 @@ def test_results_json_has_the_expected_keys_and_sane_values(smoke_run):
     verdicts = summary["verdicts"]
     assert all(set(v) == {"claim", "reading", "verdict", "evidence", "caveat", "numbers"} for v in verdicts)
     assert [(v["claim"][:3], v["reading"]) for v in verdicts] == [
-        ("(a)", "model"), ("(b)", "patch"), ("(b)", "channel"), ("(c)", "patch"), ("(c)", "channel"), ("(d)", "patch")]
+        ("(a)", "model"), ("(b)", "patch"), ("(b)", "channel"), ("(c)", "patch"), ("(c)", "channel"), ("(d)", "patch"),
+        ("(e)", "compute")]
+    assert verdicts[6]["verdict"] in ("supported", "not supported")
     assert verdicts[0]["verdict"] == "not tested in the paper's setting"  # smoke trains from scratch
     assert all(v["verdict"] in ("supported", "not supported", "inconclusive") for v in verdicts[1:5])
     assert verdicts[5]["verdict"].split(":")[0].split(",")[0] in ("supported", "not supported")
     assert {"mean_fit", "accuracy_fit"} <= set(verdicts[5]["numbers"])
+    frontier = pd.read_csv(run_dir / "results" / "frontier.csv")
+    assert list(frontier.columns) == ["model", "method", "parameter", "gflops_per_image", "acc", "acc_ci_low",
+                                      "acc_ci_high", "n_images", "pareto"]
+    assert {"dense", "kept patches, random", "anytime (stop when confident)", "fewer pixels (dense)"} <= set(
+        frontier["method"]) and set(frontier["model"]) == {"bagnet33", "resnet50"}
+    front = frontier[frontier["pareto"]]
+    for _, p in front.iterrows():  # nothing beats a front point
+        assert not ((frontier["gflops_per_image"] <= p["gflops_per_image"]) & (frontier["acc"] >= p["acc"])
+                    & ((frontier["gflops_per_image"] < p["gflops_per_image"]) | (frontier["acc"] > p["acc"]))).any()
+    costs = json.loads((run_dir / "results" / "frontier_costs.json").read_text())
+    assert costs["sparse_check_max_abs_diff"] < 1e-3 and costs["bagnet_gflops"] > costs["resnet_gflops"] > 0
     rows = {(r["setting"], r["reading"]) for r in summary["table1"]}
     assert ("BagNet-33, random 25%", "patch") in rows and ("BagNet-33, random 25%", "channel") in rows
     assert any(s.startswith("ResNet-50 (best validation epoch") for s, _ in rows)

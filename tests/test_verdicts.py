@@ -129,3 +129,29 @@ def test_d_not_supported_when_the_loss_does_not_rise():
     v = V.claim_d(FRACS, flat, flat, np.zeros(len(FRACS)), flat)
     assert v["verdict"].startswith("not supported") and v["numbers"]["mean_fit"]["c_ci"][0] <= 0
     assert "nothing for the (1 − f) temperature" in v["evidence"] or "%" in v["evidence"]
+
+
+# ----------------------------------------------------------------------------------- (e)
+COSTS = {"bagnet_gflops": 2.0, "resnet_gflops": 0.5, "bagnet_epoch_s": 80.0, "resnet_epoch_s": 18.0}
+
+
+def _pt(method: str, gflops: float, acc: float) -> dict:
+    return {"model": "bagnet33", "method": method, "parameter": 1, "gflops_per_image": gflops, "acc": acc}
+
+
+def test_e_supported_when_fewer_patches_match_a_dearer_baseline_and_nothing_cheaper_does():
+    points = [_pt("dense", 2.0, 0.80), _pt("fewer pixels (dense)", 0.5, 0.60), _pt("kept patches, random", 1.0, 0.80)]
+    correct = {0: _correct(0.80), 1: _correct(0.60), 2: _correct(0.80)}
+    v = V.claim_e(points, correct, COSTS)
+    assert v["reading"] == "compute" and v["verdict"] == "supported" and v["numbers"]["ratio"] == pytest.approx(2.0)
+    assert "80 vs 18 s per training epoch" in v["evidence"]
+
+
+def test_e_not_supported_when_a_cheaper_baseline_is_as_accurate():
+    points = [_pt("dense", 2.0, 0.80), _pt("fewer pixels (dense)", 0.5, 0.80), _pt("kept patches, random", 1.0, 0.80)]
+    correct = {0: _correct(0.80), 1: _correct(0.80), 2: _correct(0.80)}
+    assert V.claim_e(points, correct, COSTS)["verdict"] == "not supported"
+    # … and when the cheap configuration loses accuracy against every dearer baseline
+    points[1] = _pt("fewer pixels (dense)", 0.5, 0.30)
+    correct = {0: _correct(0.80), 1: _correct(0.30), 2: _correct(0.70)}
+    assert V.claim_e(points, correct, COSTS)["verdict"] == "not supported"
