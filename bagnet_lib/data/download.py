@@ -12,6 +12,7 @@ Offline machines get a `UserError` at once, naming the alternatives (a Kaggle co
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -106,14 +107,8 @@ def download_flowers(
             "empty folder, but holds no class folders with images. Nothing was changed. Pass another "
             "destination, or move that folder's contents away and run the download again."
         )
-    parent = dest.parent
-    parent.mkdir(parents=True, exist_ok=True)
-
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tgz.part", dir=parent)
-    archive = Path(tmp_name)
-    extract_dir: Path | None = None
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with _staging(dest) as (archive, extract_dir):
+        with open(archive, "wb") as out:
             actual = _fetch(url, out, timeout=timeout, progress=progress)
         if sha256 is not None and actual != sha256.strip().lower():
             archive.unlink(missing_ok=True)
@@ -123,7 +118,6 @@ def download_flowers(
                 f"extracted into {dest}. The download was probably corrupted or intercepted (a proxy or "
                 "captive portal page): run the download again. " + _ALTERNATIVES
             )
-        extract_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=parent))
         n = _extract(archive, extract_dir, url=url, progress=progress)
         if n == 0:
             raise UserError(
@@ -132,12 +126,24 @@ def download_flowers(
                 + _ALTERNATIVES
             )
         _publish(extract_dir, dest)
-        extract_dir = None  # now it is dest
+    return requested
+
+
+@contextlib.contextmanager
+def _staging(dest: Path):
+    """A temporary archive file and an empty extraction folder beside `dest`; both gone afterwards (the folder
+    survives only as `dest`, when `_publish` moved it there), whatever happens in between."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tgz.part", dir=dest.parent)
+    os.close(fd)
+    archive = Path(tmp_name)
+    extract_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
+    try:
+        yield archive, extract_dir
     finally:
         archive.unlink(missing_ok=True)
-        if extract_dir is not None and extract_dir.exists():
+        if extract_dir.exists():
             shutil.rmtree(extract_dir, ignore_errors=True)
-    return requested
 
 
 def _fetch(url: str, out, *, timeout: float, progress: bool) -> str:
@@ -310,15 +316,9 @@ def download_cs229(dest: str | Path = "data/flowers_cs229", url: str = CS229_URL
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UserError(f"Cannot install the paper's flowers into {dest.resolve()}: it exists and is not an empty "
                         "folder. Nothing was changed. Pass another destination with --dest.")
-    parent = dest.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tgz.part", dir=parent)
-    archive = Path(tmp_name)
-    extract_dir: Path | None = None
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with _staging(dest) as (archive, extract_dir):
+        with open(archive, "wb") as out:
             _fetch(url, out, timeout=timeout, progress=progress)
-        extract_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=parent))
         splits = _extract_tvtsplit(archive, extract_dir, url=url, progress=progress)
         if not splits:
             raise UserError(f"The archive from {url} holds no flowers_tvtsplit/<split>/<class>/ images, so nothing "
@@ -331,14 +331,9 @@ def download_cs229(dest: str | Path = "data/flowers_cs229", url: str = CS229_URL
                     f"expected {tree_sha256}), so nothing was installed at {dest}. The download was corrupted or "
                     "the repository changed; run it again, or use the shared copy (BAGNET_DATA=../shared/data/"
                     "flowers with ../shared/data/flowers_paper_split.csv).")
-        lines = ["path,split"] + [f"{rel},{split}" for rel, split in sorted(splits.items())]
-        manifest.write_text("\n".join(lines) + "\n")
         _publish(extract_dir, dest)
-        extract_dir = None
-    finally:
-        archive.unlink(missing_ok=True)
-        if extract_dir is not None and extract_dir.exists():
-            shutil.rmtree(extract_dir, ignore_errors=True)
+    lines = ["path,split"] + [f"{rel},{split}" for rel, split in sorted(splits.items())]
+    manifest.write_text("\n".join(lines) + "\n")  # after the data: never a manifest without its images
     return dest, manifest
 
 
