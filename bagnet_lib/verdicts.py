@@ -18,6 +18,7 @@ from .stats import bootstrap_ci, bootstrap_statistic_ci, spread
 
 COMPARABLE_MARGIN = 0.05  # (a) "comparable": the image-bootstrap interval of the difference lies within ±5 points
 NO_LOSS_MARGIN = 0.01  # (c) "without loss of accuracy": the masked − full interval stays above −1 point
+NULL_R2 = 0.99  # (d) the averaging null explains "almost all" of the loss curve when its R² reaches this
 READINGS = {"patch": "patch logits dropped before the mean (the text's reading)",
             "channel": "fc.weight columns zeroed (the code's reading)",
             "model": "no blackout involved", "compute": "FLOPs per image"}
@@ -155,10 +156,12 @@ def claim_d(fracs: np.ndarray, loss_mean: np.ndarray, loss_zero: np.ndarray, tem
     curved = not (fit["q_ci"][0] <= 0 <= fit["q_ci"][1])
     if fit["c_ci"][0] <= 0:  # the loss does not rise measurably with the fraction dropped
         verdict = "not supported: the loss does not rise measurably with the fraction dropped"
-    elif curved:
-        verdict = "supported, and beyond averaging fewer patches: a residual curvature remains"
-    else:
+    elif not curved:
         verdict = "supported, and fully explained by averaging fewer patches"
+    elif fit["r2"] >= NULL_R2:  # significant with hundreds of images, yet small next to what the null explains
+        verdict = "supported, and almost fully explained by averaging fewer patches: a small residual curvature remains"
+    else:
+        verdict = "supported, and beyond averaging fewer patches: a residual curvature remains"
     share = (f"scaling the all-patch logits by (1 − f) alone gives {100 * explained:.0f}% of its loss increase"
              if np.isfinite(explained) else "its loss does not rise, so there is nothing for the (1 − f) temperature "
              "to explain")

@@ -155,3 +155,13 @@ def test_e_not_supported_when_a_cheaper_baseline_is_as_accurate():
     points[1] = _pt("fewer pixels (dense)", 0.5, 0.30)
     correct = {0: _correct(0.80), 1: _correct(0.30), 2: _correct(0.70)}
     assert V.claim_e(points, correct, COSTS)["verdict"] == "not supported"
+
+
+def test_d_a_small_significant_curvature_is_almost_fully_explained():
+    x = FRACS / (1 - FRACS)
+    curve = 0.02 * x - 0.00005 * x**2  # R² of the null alone stays above 0.99, yet q is clearly negative
+    v = V.claim_d(FRACS, _per_image(curve, noise=0.001), _per_image(curve, 0.001, 1), 0.01 * x,
+                  _per_image(0.01 * x, 0.001))
+    fit = v["numbers"]["mean_fit"]
+    assert fit["q_ci"][1] < 0 and fit["r2"] >= V.NULL_R2
+    assert v["verdict"].startswith("supported, and almost fully explained")
