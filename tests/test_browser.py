@@ -175,7 +175,7 @@ def start_lab(root: Path, state_dir: Path, timeout_s: float = 90) -> LabServer:
                 return server
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(0.5)
+        time.sleep(0.5)  # poll interval: the verdict is "answered before the deadline", not a timing
     stop_lab(server)
     raise RuntimeError(f"jupyter lab did not answer on {server.url} within {timeout_s:.0f} s; "
                        f"log ({log}):\n{server.log_text()[-3000:]}")
@@ -323,7 +323,7 @@ class Explorer:
         deadline = time.monotonic() + CHANGE_TIMEOUT_S
         now = self.shown()
         while time.monotonic() < deadline and (now[0] == before[0] or now[1] == before[1]):
-            time.sleep(0.25)
+            time.sleep(0.25)  # poll until both changed; the assertions below test the change, not its speed
             now = self.shown()
         while time.monotonic() < deadline:  # settle: several key presses make several redraws
             time.sleep(0.5)
@@ -355,7 +355,7 @@ def click_run_all(page) -> None:
             break
         page.keyboard.press("Escape")
         assert time.monotonic() < deadline, "Run → Run All Cells stayed disabled for 60 s (no kernel?)"
-        time.sleep(1)
+        time.sleep(1)  # poll interval until the menu item is enabled (a condition, not a duration)
     assert item.inner_text().startswith("Run All Cells"), item.inner_text()
     item.click()
 
