@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .. import masks
+from ..frontier import count_flops
 from ..models import bagnet
 from ..plots import save
 from ..sparse import patch_logits_at
@@ -51,13 +51,6 @@ MODEL_COLORS = {"bagnet9": "#4C72B0", "bagnet17": "#DD8452", "bagnet33": "#55A86
 
 
 # ------------------------------------------------------------------------------------ measuring
-def count_flops(fn: Callable[[], object]) -> int:
-    """Forward FLOPs of `fn()` as counted by `FlopCounterMode`."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
 def dense_and_sparse_flops(model: nn.Module, x: Tensor, keep: Tensor, device: str = "meta",
                            batch_size: int = 256) -> tuple[int, int]:
     """(dense FLOPs, sparse FLOPs) of one batch `x` and keep-map `keep`, counted on `device`.
