@@ -60,7 +60,7 @@ def tune(name: str, overrides: dict, models: tuple[str, ...] = ("resnet50", "bag
     records = []
     for model in models:
         m = train_step(run, model, progress)
-        hist = json.loads(json.dumps(_history(run, model)))
+        hist = _history(run, model)
         seconds = sorted(hist["seconds"])
         records.append({
             "run": name, "model": model, "settings": {k: v for k, v in p.to_dict().items()

@@ -326,7 +326,7 @@ class Explorer:
             time.sleep(0.25)  # poll until both changed; the assertions below test the change, not its speed
             now = self.shown()
         while time.monotonic() < deadline:  # settle: several key presses make several redraws
-            time.sleep(0.5)
+            time.sleep(0.5)  # poll until two looks agree; a short settle only changes the screenshot, not a verdict
             again = self.shown()
             if again == now:
                 break
