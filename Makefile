@@ -9,6 +9,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 PROFILE    ?= cpu
 SEED       ?= 0
+BAGNET     ?= bagnet33
 RUN_DIR    ?= runs/$(PROFILE)
 SHARED_DATA     := ../shared/data/flowers
 SHARED_MANIFEST := ../shared/data/flowers_paper_split.csv
@@ -28,7 +29,7 @@ help:
 	@echo "make test        create .venv, install, run ruff, then pytest (all but the browser test)"
 	@echo "make test-fast   the quick lane: pytest without the tests marked slow (under a minute)"
 	@echo "make test-browser  the blackout explorer in JupyterLab, driven in headless Chromium (needs chromium on PATH)"
-	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR))"
+	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR), BAGNET=$(BAGNET))"
 	@echo "make lab         open JupyterLab in this environment"
 
 setup: $(STAMP)
@@ -62,7 +63,7 @@ test-browser: $(STAMP)
 
 reproduce: $(STAMP)
 	@echo ">>> running the experiment: profile $(PROFILE), run directory $(RUN_DIR), data $(or $(DATA),<none found>)$(if $(MANIFEST), with the paper's split $(MANIFEST))"
-	$(PY) -m bagnet_lib reproduce --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED) \
+	$(PY) -m bagnet_lib reproduce --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED) --bagnet $(BAGNET) \
 		$(if $(DATA),--data-dir $(DATA)) $(if $(MANIFEST),--manifest $(MANIFEST)) $(if $(filter-out smoke,$(PROFILE)),--publish)
 
 lab: $(STAMP)

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help="dataset folder (default: $BAGNET_DATA, then ./data/flowers)")
     r.add_argument("--manifest", default=None, help="use this path,split CSV instead of a new split")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--bagnet", default="bagnet33", choices=["bagnet9", "bagnet17", "bagnet33"],
+                   help="the BagNet notebook 03 trains and notebooks 04-05 study (notebook 03's MODEL)")
     r.add_argument("--resume", action="store_true",
                    help="skip notebooks that already ran without error with the same parameters in this run directory")
     r.add_argument("--publish", action="store_true",
@@ -122,15 +124,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.name not in ("train", "precision"):
                 raise UserError(f"--readme is for `bench train` and `bench precision` (`bench {args.name}` has no "
                                 "README block).")
-            from .io import write_text
-            from .report import replace_block
-
-            readme = Path(args.readme)
-            try:
-                write_text(readme, replace_block(readme.read_text(), f"bench-{args.name}", bench.format_table(result)))
-            except ValueError as exc:
-                raise UserError(f"{readme}: {exc}; add the two marker lines where the table belongs.") from None
-            print(f"rewrote the bench-{args.name} block of {readme}")
+            _rewrite_block(Path(args.readme), f"bench-{args.name}", bench.format_table(result))
         return 0
     if args.command == "tune":
         from .tuning import TUNING_DIR, parse_overrides, tune, tuning_table
@@ -140,12 +134,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{rec['run']} / {rec['model']}: best val {rec['best_val_acc']:.3f} (epoch {rec['best_epoch']}), "
                   f"test {rec['test_acc']:.3f}, median {rec['median_epoch_seconds']:.1f} s per epoch")
         if args.readme:
-            from .io import write_text
-            from .report import replace_block
-
             book = json.loads((TUNING_DIR / f"{args.profile}.json").read_text())
-            readme = Path(args.readme)
-            write_text(readme, replace_block(readme.read_text(), "tuning", tuning_table(book)))
+            _rewrite_block(Path(args.readme), "tuning", tuning_table(book))
         return 0
     from . import pipeline
     from .models import MODEL_NAMES
@@ -156,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
         from .runner import REPO, reproduce
 
         reproduce(args.profile, args.run_dir, args.data_dir, args.manifest, args.seed,
-                  publish_to=REPO if args.publish else None, resume=args.resume)
+                  publish_to=REPO if args.publish else None, resume=args.resume, bagnet=args.bagnet)
         return 0
     run = pipeline.prepare_run(args.run_dir, args.profile, args.data_dir, args.manifest, args.seed, progress=progress)
     run.results.mkdir(parents=True, exist_ok=True)
@@ -218,6 +208,16 @@ def _data(args: argparse.Namespace) -> int:
         out = generate_synthetic_dataset(args.out, args.n_per_class, args.image_size, args.seed)
         print(f"synthetic dataset in {out}")
     return 0
+
+
+def _rewrite_block(readme: Path, name: str, content: str) -> None:
+    """Rewrite the README block `name`, or say clearly which marker lines are missing."""
+    from .readme import update_block
+
+    if not update_block(readme, name, content):
+        raise UserError(f"{readme} has no '<!-- {name}:start -->' … '<!-- {name}:end -->' block; add the two marker "
+                        "lines where the table belongs.")
+    print(f"rewrote the {name} block of {readme}")
 
 
 def main(argv: list[str] | None = None) -> int:

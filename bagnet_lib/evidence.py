@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .gradcam import upsample
 from .models import PatchGeometry
-from .plots import save
+from .plots import save, to_hwc
 
 __all__ = ["evidence_extent", "plot_gradcam_grid", "plot_patch_evidence", "plot_receptive_field"]
 
@@ -54,17 +54,6 @@ def evidence_extent(geometry: PatchGeometry, grid_hw: tuple[int, int]) -> tuple[
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-
-def _hwc(image: Tensor) -> np.ndarray:
-    """uint8 [3, H, W] (or floats in [0, 1]) → float array [H, W, 3] in [0, 1] for imshow."""
-    if image.dim() != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"expected one image [3, H, W], got shape {tuple(image.shape)}")
-    img = image.detach().cpu()
-    img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float().clamp(0, 1)
-    if img.shape[0] == 1:
-        img = img.expand(3, -1, -1)
-    return img.permute(1, 2, 0).numpy()
-
 
 def _image_batch(images: Tensor) -> Tensor:
     if images.dim() != 4 or images.shape[1] not in (1, 3):
@@ -124,7 +113,7 @@ def plot_receptive_field(image: Tensor, geometry: PatchGeometry, cell: tuple[int
     if geometry is None:
         raise ValueError("plot_receptive_field needs a PatchGeometry (a BagNet's `model.geometry`); "
                          "ResNet-50's receptive field is the whole image")
-    img = _hwc(image)
+    img = to_hwc(image)
     H, W = img.shape[:2]
     gh, gw = geometry.grid_size(H, W)
     if gh < 1 or gw < 1:
@@ -192,7 +181,7 @@ def plot_patch_evidence(images: Tensor, patch_logits: Tensor, labels: Tensor, cl
     fig.suptitle(f"What the BagNet looks at: {geometry.size}×{geometry.size} px patch evidence "
                  f"(red = for the class, blue = against)", fontsize=11)
     for r in range(n):
-        img = _hwc(images[r])
+        img = to_hwc(images[r])
         y, p = int(labels[r]), int(preds[r])
         ok = y == p
         ax = axes[r, 0]
@@ -267,7 +256,7 @@ def plot_gradcam_grid(images: Tensor, cams: Tensor, labels: Tensor, preds: Tenso
             ax_img.axis("off")
             ax_cam.axis("off")
             continue
-        img = _hwc(images[idx])
+        img = to_hwc(images[idx])
         y, p = int(labels[idx]), int(preds[idx])
         _show_image(ax_img, img)
         ax_img.set_title(f"true {classes[y]} / predicted {classes[p]}", fontsize=9,

@@ -30,6 +30,7 @@ from .data.tensors import eval_batches, normalize
 from .errors import UserError
 from .io import atomic_write
 from .masks import make_mask
+from .metrics import correct, nll
 
 PAPER_SETTINGS = (("alternating", 0.5), ("random", 0.75), ("random", 0.5), ("random", 0.25))
 
@@ -92,10 +93,7 @@ def cache_logits(model: nn.Module, images: Tensor, labels: Tensor, batch_size: i
 # --------------------------------------------------------------------------- sweep engine
 def _scores(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Accuracy and mean cross-entropy along the last-but-one axis: logits [..., N, K] → [...]."""
-    acc = (logits.argmax(-1) == labels).float().mean(-1)
-    nll = -torch.log_softmax(logits.double(), dim=-1).gather(
-        -1, labels.expand(*logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
-    return acc, nll.mean(-1).float()
+    return correct(logits, labels).float().mean(-1), nll(logits, labels).mean(-1).float()
 
 
 def sweep(cache: LogitCache, kinds: Iterable[str], drop_fracs: Iterable[float], seeds: Iterable[int],
@@ -171,7 +169,7 @@ def per_image_scores(cache: LogitCache, kind: str, drop_fracs: Sequence[float], 
     x, y = cache.patch_logits.float(), cache.labels
     n, k, h, w = x.shape
     flat = x.reshape(n, k, h * w)
-    correct, nll = [], []
+    rights, losses = [], []
     for frac in drop_fracs:
         keep = torch.stack([make_mask(kind, h, w, float(frac), int(s), patch_logits=x).expand(n, h, w)
                             .reshape(n, h * w) for s in seeds]).float()  # [M, N, P]
@@ -181,9 +179,9 @@ def per_image_scores(cache: LogitCache, kind: str, drop_fracs: Sequence[float], 
             logits = torch.einsum("nkp,mnp->mnk", flat, keep) / (h * w)
         else:
             logits = torch.stack([aggregate(x, m.bool().view(n, h, w), aggregation) for m in keep])
-        correct.append(logits.argmax(-1) == y)
-        nll.append(-torch.log_softmax(logits.double(), dim=-1).gather(-1, y.expand(len(seeds), n)[..., None])[..., 0])
-    return torch.stack(correct), torch.stack(nll).float()
+        rights.append(correct(logits, y))
+        losses.append(nll(logits, y))
+    return torch.stack(rights), torch.stack(losses).float()
 
 
 def channel_per_image(cache: LogitCache, kind: str, drop_frac: float, seeds: Sequence[int]) -> Tensor:
@@ -192,7 +190,7 @@ def channel_per_image(cache: LogitCache, kind: str, drop_frac: float, seeds: Seq
     rows = []
     for seed in (seeds if kind == "random" else [0]):
         m = channel_mask(c, kind, drop_frac, torch.Generator().manual_seed(int(seed)))
-        rows.append(channel_masked_logits(cache, m).argmax(-1) == cache.labels)
+        rows.append(correct(channel_masked_logits(cache, m), cache.labels))
     return torch.stack(rows)
 
 

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .metrics import correct
+
 
 def count_flops(fn) -> int:
     """FLOPs of `fn()` as counted by `FlopCounterMode` (forward only when called under no_grad)."""
@@ -141,19 +143,19 @@ def frontier_points(cache, cost: CostModel, bagnet_name: str, seeds, keep_fracs=
     x, y = cache.patch_logits.float(), cache.labels
     n, k, h, w = x.shape
     p = h * w
-    full = (x.mean(dim=(2, 3)).argmax(-1) == y).numpy()
+    full = correct(x.mean(dim=(2, 3)), y).numpy()
     points = [_point(bagnet_name, "dense", 1.0, cost.dense, full)]
     for keep in keep_fracs:
         kept = p - int(np.floor((1 - keep) * p + 0.5 + 1e-9))
-        correct, _ = per_image_scores(cache, "random", [1 - keep], seeds)
-        points.append(_point(bagnet_name, "kept patches, random", keep, cost.cost(kept), correct[0].numpy()))
+        right, _ = per_image_scores(cache, "random", [1 - keep], seeds)
+        points.append(_point(bagnet_name, "kept patches, random", keep, cost.cost(kept), right[0].numpy()))
         c, _ = per_image_scores(cache, "center", [1 - keep], [0])
         points.append(_point(bagnet_name, "kept patches, centre", keep, cost.cost(kept), c[0, 0].numpy()))
     for step in (2, 3, 4):
         keep = strided_keep(h, w, step)
         logits = (x * keep).sum(dim=(2, 3)) / keep.sum()
         points.append(_point(bagnet_name, "kept patches, strided sub-grid", f"every {step}",
-                             cost.cost(int(keep.sum())), (logits.argmax(-1) == y).numpy()))
+                             cost.cost(int(keep.sum())), correct(logits, y).numpy()))
     gen = torch.Generator().manual_seed(order_seed)
     order = torch.stack([torch.randperm(p, generator=gen) for _ in range(n)])
     chunk = max(1, round(chunk_frac * p))
@@ -180,7 +182,7 @@ def downscaled_points(model: nn.Module, name: str, images: Tensor, labels: Tenso
         batch = images if small == size else TF.resize(images, [small, small], antialias=True)
         logits = predict(model, batch, batch_size, precision=precision)
         points.append(_point(name, "dense" if small == size else "fewer pixels (dense)", small,
-                             dense_flops(model, small), (logits.argmax(-1) == labels).numpy()))
+                             dense_flops(model, small), correct(logits, labels).numpy()))
     return points
 
 

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -70,3 +71,27 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def display_path(path: str | Path) -> str:
+    """A path as published: relative to the repository when inside it, `$BAGNET_DATA` when it is that, else its name."""
+    import os
+
+    from .data.folder import PROJECT_ROOT
+
+    path = Path(path).resolve()
+    env = os.environ.get("BAGNET_DATA")
+    if env and Path(env).resolve() == path:
+        return "$BAGNET_DATA"
+    for base, prefix in ((PROJECT_ROOT, ""), (PROJECT_ROOT.parent, "../")):
+        try:
+            return prefix + path.relative_to(base.resolve()).as_posix()
+        except ValueError:
+            continue
+    return f"<{path.name}>"
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, streamed (`hashlib.file_digest`): the data audit, checkpoints, the dataset check."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

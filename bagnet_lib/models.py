@@ -28,6 +28,7 @@ from .errors import UserError
 
 LAYERS = (3, 4, 6, 3)
 MODEL_NAMES = ("resnet50", "bagnet9", "bagnet17", "bagnet33")
+BAGNETS = MODEL_NAMES[1:]
 BAGNET_KERNEL3 = {"bagnet9": (1, 1, 0, 0), "bagnet17": (1, 1, 1, 0), "bagnet33": (1, 1, 1, 1)}
 OFFICIAL_STEM_BN_MOMENTUM = 0.001  # bagnets/pytorchnet.py: `self.bn1 = nn.BatchNorm2d(64, momentum=0.001)`
 

@@ -9,8 +9,8 @@ A run directory holds everything one run made:
     RUN_DIR/split.csv           path,label,split: read by every later step
     RUN_DIR/checkpoints/        <model>_last.pt (resumable), <model>_best.pt
     RUN_DIR/cache/              decoded images, cached patch logits
-    RUN_DIR/results/            histories, metrics and blackout tables (CSV/JSON), summary.json
-    RUN_DIR/REPORT.md           Table 1 and the blackout results
+    RUN_DIR/results/            histories, metrics, blackout_<experiment>.csv, frontier.csv, summary.json
+    RUN_DIR/REPORT.md           the write-up (notebook 05)
 
 Every step is idempotent: run again, it reuses what is there (training resumes).
 """
@@ -32,8 +32,9 @@ from .data.tensors import ImageTensors, eval_batch, load_split_tensors
 from .errors import UserError
 from .experiments import PAPER_SETTINGS, LogitCache, cache_logits, channel_sweep, pixel_blackout_eval, sweep
 from .io import atomic_write, write_json
-from .metrics import evaluate_logits
-from .models import build_model
+from .metrics import correct, evaluate_logits, nll
+from .models import BAGNETS, build_model
+from .paper import PAPER_FRACS
 from .profiles import Profile, get_profile
 from .train import load_best, predict, resolve_precision, select_device, train_model
 
@@ -77,6 +78,29 @@ class Run:
                                                       self.profile.image_size, self.run_dir / "cache", progress,
                                                       self.profile.original_size)
         return self._decoded[split]
+
+    def trained(self, prefix: str = "") -> list[str]:
+        """The models of this run with a best checkpoint (e.g. `trained("bagnet")`), sorted by name."""
+        return sorted(p.name.removesuffix("_best.pt") for p in (self.run_dir / "checkpoints").glob(f"{prefix}*_best.pt"))
+
+    def bagnet(self, requested: str | None = None) -> str:
+        """The BagNet this run studies: `requested`, else the one BagNet notebook 03 trained here.
+
+        Introduced in notebook 04, so that notebook 03's `MODEL` (bagnet9, bagnet17, bagnet33) flows through 04
+        and 05 without being repeated.
+        """
+        if requested:
+            if requested not in BAGNETS:
+                raise UserError(f"BAGNET={requested!r} is not a BagNet; choose one of {', '.join(BAGNETS)}.")
+            return requested
+        trained = self.trained("bagnet")
+        if len(trained) == 1:
+            return trained[0]
+        if not trained:
+            raise UserError(f"No trained BagNet in {self.run_dir}: run notebook 03 first (or `python -m bagnet_lib "
+                            f"train --model bagnet33 --run-dir {self.run_dir}`).")
+        raise UserError(f"{self.run_dir} holds several trained BagNets ({', '.join(trained)}); set BAGNET in the "
+                        "notebook's parameters cell to the one to study.")
 
     def model(self, name: str, best: bool = True) -> torch.nn.Module:
         """The model `name` with its best checkpoint from this run loaded, in eval mode."""
@@ -199,7 +223,7 @@ def train_step(run: Run, model_name: str, progress: bool = True) -> dict:
     model = build_model(model_name, len(run.classes), pretrained=p.pretrained, feature_extract=p.feature_extract,
                         width=p.width, zero_init_residual=p.zero_init_residual)
     t0 = time.perf_counter()
-    result = train_model(model, train, val, p, run.run_dir / "checkpoints", model_name, run.seed, progress=progress,
+    result = train_model(model, train, val, p.for_model(model_name), run.run_dir / "checkpoints", model_name, run.seed, progress=progress,
                          history_path=run.results / f"{model_name}_history.csv")
     load_best(model, result.best_checkpoint)
     metrics = {"model": model_name, "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
@@ -213,8 +237,7 @@ def train_step(run: Run, model_name: str, progress: bool = True) -> dict:
             probs = logits.softmax(dim=1)
             pd.DataFrame({"path": data.paths, "label": [run.classes[i] for i in data.labels],
                           "pred": [run.classes[i] for i in probs.argmax(1)], "prob": probs.max(1).values.numpy(),
-                          "correct": (probs.argmax(1) == data.labels).numpy(),
-                          "nll": torch.nn.functional.cross_entropy(logits, data.labels, reduction="none").numpy()}
+                          "correct": correct(logits, data.labels).numpy(), "nll": nll(logits, data.labels).numpy()}
                          ).to_csv(run.results / f"{model_name}_test_predictions.csv", index=False)
     write_json(run.results / f"{model_name}_metrics.json", metrics)
     return metrics
@@ -232,7 +255,6 @@ def cache_step(run: Run, model_name: str = "bagnet33", split: str = "test", prog
     return cache
 
 
-PAPER_FRACS = (0.25, 0.5, 0.75)  # the paper's random blackout settings
 CURVE_FRACS = tuple(float(f) for f in np.round(np.arange(0, 0.96, 0.05), 2))  # the drop curve, 0 … 95 %
 
 
@@ -258,45 +280,71 @@ def pixel_tiles(run: Run, bagnet: str = "bagnet33") -> dict:
             "fill": "the ImageNet mean colour (124, 116, 104)"}
 
 
-def blackout_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> pd.DataFrame:
-    """Every blackout experiment on the test split; all rows to results/blackout_runs.csv."""
-    p = run.profile
+BLACKOUT_EXPERIMENTS = {
+    "paper": "the paper's four settings: alternating (checkerboard and raster) and random 25/50/75 %",
+    "curve": "the drop curve: random masks from 0 to 95 % dropped",
+    "structured": "masks by position (centre, border) and by confidence (most, least)",
+    "aggregations": "other ways to pool the kept patch logits",
+    "channel": "what the paper's code did: columns of fc.weight zeroed",
+    "pixel": "image tiles painted grey before the network (BagNet and ResNet-50)",
+}
+
+
+def blackout_experiment(run: Run, name: str, bagnet: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """One blackout experiment (a key of `BLACKOUT_EXPERIMENTS`) on the test split, one row per mask ×
+    aggregation, written to results/blackout_<name>.csv (its only writer). Introduced in notebook 04."""
+    if name not in BLACKOUT_EXPERIMENTS:
+        raise UserError(f"Unknown blackout experiment {name!r}; choose one of {', '.join(BLACKOUT_EXPERIMENTS)}.")
+    p, bagnet = run.profile, run.bagnet(bagnet)
     cache = cache_step(run, bagnet, "test", progress)
-    aggs = ("mean", "zero")
-    fracs = list(PAPER_FRACS)
+    aggs, fracs = ("mean", "zero"), list(PAPER_FRACS)
     seeds, curve_seeds = mask_seeds(run)
-    frames = {
-        # the paper's four settings (both readings of "alternating", random with many seeds)
-        "paper": pd.concat([sweep(cache, ["checkerboard", "raster"], [0.5], [0], aggs),
-                            sweep(cache, ["random"], fracs, seeds, aggs)]),
-        # the drop curve 0 … 95 %, `curve_masks` random masks per point
-        "curve": sweep(cache, ["random"], CURVE_FRACS, curve_seeds, aggs),
-        "structured": sweep(cache, ["center", "border", "topk", "bottomk"], fracs, [0], aggs),
-        "aggregations": sweep(cache, ["random"], fracs, seeds[:10],
-                              ["median", "trimmed_mean", "max", "logsumexp", "clipped", "center_weighted"]),
-        "channel": channel_sweep(cache, PAPER_SETTINGS, seeds),  # what the paper's code did
-    }
-    frames = [df.assign(experiment=name, model=bagnet) for name, df in frames.items()]
-    test = run.tensors("test", progress)
-    images = eval_batch(test, p.image_size)
-    tiles = pixel_tiles(run, bagnet)
-    for name in ("resnet50", bagnet):
-        frames.append(pixel_blackout_eval(run.model(name), images, test.labels, tiles["grid"], fracs,
-                                          seeds[:p.pixel_seeds], p.eval_batch_size, name, progress, p.precision)
-                      .assign(experiment="pixel"))
-    df = pd.concat(frames, ignore_index=True)
-    df.to_csv(run.results / "blackout_runs.csv", index=False)
+    if name == "paper":
+        df = pd.concat([sweep(cache, ["checkerboard", "raster"], [0.5], [0], aggs),
+                        sweep(cache, ["random"], fracs, seeds, aggs)]).assign(model=bagnet)
+    elif name == "curve":
+        df = sweep(cache, ["random"], CURVE_FRACS, curve_seeds, aggs).assign(model=bagnet)
+    elif name == "structured":
+        df = sweep(cache, ["center", "border", "topk", "bottomk"], fracs, [0], aggs).assign(model=bagnet)
+    elif name == "aggregations":
+        df = sweep(cache, ["random"], fracs, seeds[:10], ["median", "trimmed_mean", "max", "logsumexp", "clipped",
+                                                          "center_weighted"]).assign(model=bagnet)
+    elif name == "channel":
+        df = channel_sweep(cache, PAPER_SETTINGS, seeds).assign(model=bagnet)
+    else:
+        test = run.tensors("test", progress)
+        images, grid = eval_batch(test, p.image_size), pixel_tiles(run, bagnet)["grid"]
+        df = pd.concat([pixel_blackout_eval(run.model(m), images, test.labels, grid, fracs, seeds[:p.pixel_seeds],
+                                            p.eval_batch_size, m, progress, p.precision) for m in ("resnet50", bagnet)])
+    df = df.assign(experiment=name).reset_index(drop=True)
+    df.to_csv(run.results / f"blackout_{name}.csv", index=False)
     return df
 
 
-def frontier_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> pd.DataFrame:
+def blackout_step(run: Run, bagnet: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Every blackout experiment, in order (the CLI's `sweep`; notebook 04 runs them one section at a time)."""
+    for name in BLACKOUT_EXPERIMENTS:
+        blackout_experiment(run, name, bagnet, progress)
+    return blackout_runs(run)
+
+
+def blackout_runs(run: Run, experiments: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The rows of the blackout experiments that have run (results/blackout_<name>.csv), concatenated."""
+    names = [n for n in (experiments or BLACKOUT_EXPERIMENTS) if (run.results / f"blackout_{n}.csv").is_file()]
+    if not names:
+        raise UserError(f"No blackout results in {run.results}: run notebook 04 (or `python -m bagnet_lib sweep "
+                        f"--run-dir {run.run_dir}`) first.")
+    return pd.concat([pd.read_csv(run.results / f"blackout_{n}.csv") for n in names], ignore_index=True)
+
+
+def frontier_step(run: Run, bagnet: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Accuracy against GFLOPs per image for every way of spending less: results/frontier.csv (one writer).
 
-    From the logit cache: the dense BagNet, kept patches (random, centre, strided), anytime stopping;
-    with forward passes: the BagNet and ResNet-50 on downscaled test images, and a check that computing
-    only the kept windows really gives the cached patch logits. The per-image correctness of every point
-    goes to cache/frontier_correct.pt (for the paired intervals of claim (e)), the costs of both networks to
-    results/frontier_costs.json.
+    For the run's BagNet and every other BagNet trained in the run directory, from their logit caches: the
+    dense network, kept patches (random, centre, strided), anytime stopping; with forward passes: each BagNet
+    and ResNet-50 on downscaled test images, and a check that computing only the kept windows really gives
+    the cached patch logits. The per-image correctness of every point goes to cache/frontier_correct.pt (for
+    the paired intervals of claim (e)), the costs of the networks to results/frontier_costs.json.
     """
     from .frontier import (
         COLUMNS,
@@ -310,17 +358,22 @@ def frontier_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> 
         verify_sparse,
     )
 
-    p = run.profile
-    cache = cache_step(run, bagnet, "test", progress)
-    model = run.model(bagnet)
-    cost = cost_model(model, p.image_size)
+    p, bagnet = run.profile, run.bagnet(bagnet)
+    bagnets = [bagnet] + [b for b in run.trained("bagnet") if b != bagnet]
     seeds, _ = mask_seeds(run)
-    points = frontier_points(cache, cost, bagnet, seeds)
     test = run.tensors("test", progress)
     images = eval_batch(test, p.image_size)
+    points, costs = [], {}
+    for name in bagnets:
+        cache, model = cache_step(run, name, "test", progress), run.model(name)
+        cost = cost_model(model, p.image_size)
+        points += frontier_points(cache, cost, name, seeds)
+        points += downscaled_points(model, name, images, test.labels, SCALES[:-1], precision=p.precision,
+                                    batch_size=p.eval_batch_size)  # its full-size point is the cache's "dense"
+        costs[name] = {"gflops": cost.dense / 1e9, "gflops_per_patch": cost.per_patch / 1e9,
+                       "n_patches": cost.n_patches, "break_even_keep_frac": cost.break_even,
+                       "sparse_check_max_abs_diff": verify_sparse(model, images, cache)}
     resnet = run.model("resnet50")
-    points += downscaled_points(model, bagnet, images, test.labels, SCALES[:-1], precision=p.precision,
-                                batch_size=p.eval_batch_size)  # its full-size point is the cache's "dense"
     points += downscaled_points(resnet, "resnet50", images, test.labels, precision=p.precision,
                                 batch_size=p.eval_batch_size)
     correct = per_image_correct(points)
@@ -330,10 +383,11 @@ def frontier_step(run: Run, bagnet: str = "bagnet33", progress: bool = True) -> 
     tensors = {str(i): torch.as_tensor(v) for i, v in correct.items()}
     atomic_write(run.run_dir / "cache" / "frontier_correct.pt", lambda f: torch.save(tensors, f))
     epoch_s = {m: float(pd.read_csv(run.results / f"{m}_history.csv")["seconds"].median()) for m in ("resnet50", bagnet)}
+    main = costs[bagnet]
     write_json(run.results / "frontier_costs.json", {
-        "bagnet": bagnet, "image_size": p.image_size, "bagnet_gflops": cost.dense / 1e9,
-        "bagnet_gflops_per_patch": cost.per_patch / 1e9, "n_patches": cost.n_patches,
-        "break_even_keep_frac": cost.break_even, "resnet_gflops": dense_flops(resnet, p.image_size) / 1e9,
+        "bagnet": bagnet, "image_size": p.image_size, "bagnet_gflops": main["gflops"],
+        "bagnet_gflops_per_patch": main["gflops_per_patch"], "n_patches": main["n_patches"],
+        "break_even_keep_frac": main["break_even_keep_frac"], "resnet_gflops": dense_flops(resnet, p.image_size) / 1e9,
         "bagnet_epoch_s": epoch_s[bagnet], "resnet_epoch_s": epoch_s["resnet50"],
-        "sparse_check_max_abs_diff": verify_sparse(model, images, cache)})
+        "sparse_check_max_abs_diff": max(c["sparse_check_max_abs_diff"] for c in costs.values()), "bagnets": costs})
     return df

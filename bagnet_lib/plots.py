@@ -5,8 +5,9 @@ interactive explorer in `widgets.py`.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import BinaryIO, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,21 +18,37 @@ from torch import Tensor
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 
 
-def save(fig: Figure, out: str | Path | None) -> Figure:
-    """Save `fig` as a PNG (parents created) when `out` is given; return it for display.
+def save(fig: Figure, out: str | Path | BinaryIO | None, dpi: int = 120) -> Figure:
+    """Save `fig` as a PNG to a path (parents created) or an open binary file when `out` is given; return it.
 
-    Figures here are plain `matplotlib.figure.Figure` objects, not registered with pyplot: a notebook
-    shows each once (as the cell's value) and a long run does not accumulate open figures.
+    The one figure saver of the library. Figures here are plain `matplotlib.figure.Figure` objects, not
+    registered with pyplot: a notebook shows each once (as the cell's value) and a long run does not
+    accumulate open figures.
     """
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120, bbox_inches="tight")
+        if isinstance(out, (str, Path)):
+            out = Path(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png", dpi=dpi, bbox_inches="tight")
     return fig
 
 
-def _img(t: Tensor) -> np.ndarray:
-    return t.permute(1, 2, 0).cpu().numpy()
+def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure rendered as PNG bytes (Agg; no pyplot, no display backend needed)."""
+    buf = io.BytesIO()
+    save(fig, buf, dpi)
+    return buf.getvalue()
+
+
+def to_hwc(image: Tensor) -> np.ndarray:
+    """uint8 [3, H, W] (or floats in [0, 1]) → float array [H, W, 3] in [0, 1] for imshow."""
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"expected one image [3, H, W], got shape {tuple(image.shape)}")
+    img = image.detach().cpu()
+    img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float().clamp(0, 1)
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    return img.permute(1, 2, 0).numpy()
 
 
 # ----------------------------------------------------------------------------------- 01: data
@@ -97,7 +114,7 @@ def plot_augmentations(original: Tensor, augmented: Sequence[Tensor], eval_view:
     panels = [(original, f"decoded {original.shape[2]}×{original.shape[1]}"), (eval_view, "eval view")]
     panels += [(a, f"train aug {i + 1}") for i, a in enumerate(augmented)]
     for ax, (img, label) in zip(axes, panels):
-        ax.imshow(_img(img))
+        ax.imshow(to_hwc(img))
         ax.set_title(label, fontsize=8)
         ax.axis("off")
     fig.suptitle("Augmentation: RandomResizedCrop + horizontal flip (train); Resize + CenterCrop (eval)")
@@ -128,21 +145,19 @@ def plot_history(history: pd.DataFrame, out: str | Path | None = None, title: st
 
 def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], out: str | Path | None = None,
                    title: str = "Confusion matrix (test)") -> Figure:
-    """Counts with row-normalised colours (recall per true class)."""
+    """Counts as numbers, colours row-normalised (recall per true class): a seaborn heatmap."""
+    import seaborn as sns
+
     cm = np.asarray(confusion, dtype=float)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig = Figure(figsize=(5, 4.4))
+    norm = pd.DataFrame(cm / np.maximum(cm.sum(axis=1, keepdims=True), 1), index=list(classes), columns=list(classes))
+    fig = Figure(figsize=(5.4, 4.4), layout="constrained")
     ax = fig.subplots()
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=30)
-    ax.set_yticks(range(len(classes)), classes)
+    sns.heatmap(norm, annot=cm.astype(int), fmt="d", cmap="Blues", vmin=0, vmax=1, square=True, ax=ax,
+                cbar_kws={"label": "fraction of the true class"})
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    ax.tick_params(axis="x", rotation=30)
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="fraction of the true class")
     return save(fig, out)
 
 
@@ -154,14 +169,62 @@ def plot_blackout_masks(image: Tensor, panels: Mapping[str, Tensor], out: str | 
 
     fig = Figure(figsize=(2.6 * (len(panels) + 1), 3.3), layout="constrained")
     axes = fig.subplots(1, len(panels) + 1)
-    axes[0].imshow(_img(image))
+    axes[0].imshow(to_hwc(image))
     axes[0].set_title("original")
     for ax, (label, keep) in zip(axes[1:], panels.items()):
-        ax.imshow(_img(pixel_blackout(image[None], keep)[0]))
+        ax.imshow(to_hwc(pixel_blackout(image[None], keep)[0]))
         ax.set_title(f"{label}\n{int(keep.sum())}/{keep.numel()} patches kept", fontsize=9)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title)
+    return save(fig, out)
+
+
+def plot_mechanism(image: Tensor, patch_logits: Tensor, keep: Tensor, logits: Mapping[str, Tensor],
+                   classes: Sequence[str], label: int, out: str | Path | None = None, title: str = "") -> Figure:
+    """Notebook 04's first figure: the image, its patch logits for the true class, the mask, and the image logits
+    (all kept, `mean`, `zero`) as bars: the same argmax, smaller logits under `zero`."""
+    from .experiments import pixel_blackout
+
+    fig = Figure(figsize=(15, 3.6), layout="constrained")
+    a, b, c, d = fig.subplots(1, 4, width_ratios=[1, 1, 1, 1.6])
+    a.imshow(to_hwc(image))
+    a.set_title(f"true class: {classes[label]}")
+    lim = float(patch_logits[label].abs().max())
+    im = b.imshow(patch_logits[label].numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+    fig.colorbar(im, ax=b, shrink=0.8, label="patch logit")
+    b.set_title(f"patch logits for '{classes[label]}' ({patch_logits.shape[1]}×{patch_logits.shape[2]} grid)")
+    c.imshow(to_hwc(pixel_blackout(image[None], keep)[0]))
+    c.set_title(f"mask: {int(keep.sum())}/{keep.numel()} patches kept")
+    for ax in (a, b, c):
+        ax.axis("off")
+    x = np.arange(len(classes))
+    for k, (name, v) in enumerate(logits.items()):
+        d.bar(x + (k - 1) * 0.27, v.numpy(), 0.27, label=f"{name} (predicts {classes[int(v.argmax())]})")
+    d.axhline(0, color="grey", lw=0.8)
+    d.set_xticks(x, classes, rotation=20)
+    d.set_ylabel("image logit")
+    d.legend(fontsize=8)
+    d.set_title("image logits: the average of the kept patch logits")
+    fig.suptitle(title)
+    return save(fig, out)
+
+
+def plot_mask_accuracy(runs: pd.DataFrame, out: str | Path | None = None,
+                       title: str = "Every random mask's test accuracy (one dot per mask)") -> Figure:
+    """Accuracy and cross-entropy of each random mask at each fraction, `mean` vs `zero`: seaborn strip plots.
+    The accuracies coincide (the same argmax); the losses do not."""
+    import seaborn as sns
+
+    df = runs.assign(dropped=(runs["drop_frac"] * 100).round().astype(int).astype(str) + "%")
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    a, b = fig.subplots(1, 2)
+    for ax, col, label in ((a, "acc", "test accuracy"), (b, "loss", "test cross-entropy (nats)")):
+        sns.stripplot(df, x="dropped", y=col, hue="aggregation", dodge=True, alpha=0.6, size=4, ax=ax)
+        ax.set_xlabel("patches dropped")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{title}; {df.groupby(['dropped', 'aggregation']).size().min()} masks per setting")
     return save(fig, out)
 
 
@@ -198,7 +261,7 @@ def plot_drop_curve(runs: pd.DataFrame, out: str | Path | None = None, paper: Ma
 
 def plot_blackout_kinds(runs: pd.DataFrame, out: str | Path | None = None,
                         title: str = "Three meanings of 'blackout' at the same fractions",
-                        baselines: Mapping[str, float] | None = None) -> Figure:
+                        baselines: Mapping[str, float] | None = None, bagnet: str = "bagnet33") -> Figure:
     """Accuracy vs fraction for patch-logit, channel (the paper's code) and pixel blackout: the mean over masks
     (or seeds), bars where 95 % of them lie. With `baselines` (model → accuracy with nothing dropped) the
     y axis is the change from each model's own baseline, so models that start apart compare fairly."""
@@ -208,9 +271,12 @@ def plot_blackout_kinds(runs: pd.DataFrame, out: str | Path | None = None,
 
     fig = Figure(figsize=(7.5, 4.2))
     ax = fig.subplots()
-    series = [("random", "bagnet33", "mean", "BagNet-33: patch logits dropped (paper's text)"),
-              ("channel_random", "bagnet33", "mean", "BagNet-33: fc channels zeroed (paper's code)"),
-              ("pixel", "bagnet33", "model", "BagNet-33: image tiles painted grey"),
+    from .paper import model_label
+
+    b = model_label(bagnet)
+    series = [("random", bagnet, "mean", f"{b}: patch logits dropped (paper's text)"),
+              ("channel_random", bagnet, "mean", f"{b}: fc channels zeroed (paper's code)"),
+              ("pixel", bagnet, "model", f"{b}: image tiles painted grey"),
               ("pixel", "resnet50", "model", "ResNet-50: image tiles painted grey")]
     for kind, model, agg, label in series:
         g = runs[(runs["kind"] == kind) & (runs["model"] == model) & (runs["aggregation"] == agg)
@@ -259,8 +325,7 @@ def plot_structured(runs: pd.DataFrame, out: str | Path | None = None,
 def plot_aggregations(runs: pd.DataFrame, out: str | Path | None = None,
                       title: str = "Aggregations under random blackout") -> Figure:
     """Accuracy per aggregation (mean over seeds) at 25/50/75 % dropped."""
-    g = runs[(runs["kind"] == "random") & runs["drop_frac"].isin([0.25, 0.5, 0.75]) & (runs["model"] == "bagnet33")
-             & (runs["aggregation"] != "model")]
+    g = runs[(runs["kind"] == "random") & runs["drop_frac"].isin([0.25, 0.5, 0.75]) & (runs["aggregation"] != "model")]
     table = g.groupby(["aggregation", "drop_frac"])["acc"].mean().unstack("drop_frac")
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()

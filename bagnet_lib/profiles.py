@@ -21,6 +21,7 @@ class Profile:
     pretrained: bool = False
     feature_extract: bool = False  # True: train only the final layer (the paper's code)
     epochs: int = 50
+    bagnet_epochs: int | None = None  # epochs of the BagNets, where they differ from ResNet-50's (`for_model`)
     batch_size: int = 32
     optimizer: str = "sgd"  # "sgd" | "adamw"
     lr: float = 0.001
@@ -29,6 +30,7 @@ class Profile:
     schedule: str = "constant"  # "constant" | "cosine" (with linear warm-up)
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    train_size: int | None = None  # side of the training crops (None: image_size); see `for_model`
     crop_scale_min: float = 0.08  # RandomResizedCrop's smallest crop area (torchvision's default 0.08)
     zero_init_residual: bool = False  # start each residual branch at zero (last BN weight = 0)
     drop_last: bool = True  # drop the last partial training batch of an epoch (the paper kept it)
@@ -43,6 +45,19 @@ class Profile:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def train_crop(self) -> int:
+        """Side of the training crops. Smaller than `image_size` is "FixRes" (Touvron et al., NeurIPS 2019,
+        https://arxiv.org/abs/1906.06423): RandomResizedCrop enlarges objects, so crops a little smaller than
+        the test images show objects at the size the test images show them, and each step is cheaper."""
+        return self.train_size or self.image_size
+
+    def for_model(self, model_name: str) -> Profile:
+        """The profile as `model_name` trains with it: BagNets take `bagnet_epochs` where it is set."""
+        if model_name.startswith("bagnet") and self.bagnet_epochs:
+            return replace(self, epochs=self.bagnet_epochs)
+        return self
 
 
 PROFILES: dict[str, Profile] = {

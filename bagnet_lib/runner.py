@@ -21,8 +21,9 @@ from .io import write_json, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
-NOTEBOOKS = ("01_data_exploration.ipynb", "02_train_resnet50.ipynb", "03_train_bagnet33.ipynb",
+NOTEBOOKS = ("01_data_exploration.ipynb", "02_train_resnet50.ipynb", "03_train_bagnet.ipynb",
              "04_blackout_experiments.ipynb", "05_writeup.ipynb")
+BAGNET_NOTEBOOK = "03_train_bagnet.ipynb"  # its MODEL picks the BagNet; 04 and 05 study the one it trained
 
 
 class NotebookFailed(UserError):
@@ -90,11 +91,12 @@ def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir:
               manifest: str | Path | None = None, seed: int = 0, notebooks: tuple[str, ...] = NOTEBOOKS,
               extra_parameters: dict | None = None, publish_to: str | Path | None = None,
               cell_timeout: int = 4 * 3600, resume: bool = False,
-              notebook_dir: str | Path = NOTEBOOK_DIR) -> dict[str, float]:
+              notebook_dir: str | Path = NOTEBOOK_DIR, bagnet: str = "bagnet33") -> dict[str, float]:
     """Execute the notebooks in order with the same parameters; print one line per notebook with its time.
 
     With `resume`, a notebook whose executed copy in RUN_DIR/notebooks finished without error for the
     same parameters and the same code is skipped; once one notebook runs, every later one runs too (it reads their outputs).
+    `bagnet` is notebook 03's `MODEL` (bagnet9, bagnet17, bagnet33).
     """
     notebook_dir = Path(notebook_dir)
     from .pipeline import SYNTHETIC_BANNER, choose_data
@@ -116,21 +118,17 @@ def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     for name in notebooks:
-        if resume and already_done(name, run_dir, params, notebook_dir):
+        nb_params = {**params, "MODEL": bagnet} if name == BAGNET_NOTEBOOK else params
+        if resume and already_done(name, run_dir, nb_params, notebook_dir):
             timings[name] = previous.get(name, 0.0)
             print(f"[reproduce] {name} skipped (--resume: already ran with these parameters)", flush=True)
             continue
         resume = False  # everything after a notebook that runs must run too
         print(f"[reproduce] {name} …", flush=True)
-        timings[name] = run_notebook(name, run_dir, params, timeout=cell_timeout, notebook_dir=notebook_dir)
+        timings[name] = run_notebook(name, run_dir, nb_params, timeout=cell_timeout, notebook_dir=notebook_dir)
         write_json(timings_path, timings)
         print(f"[reproduce] {name} done in {timings[name]:.1f} s", flush=True)
     total = time.perf_counter() - t_all
-    summary_path = run_dir / "results" / "summary.json"
-    if summary_path.is_file() and set(timings) == set(NOTEBOOKS):  # the write-up ran before its own time was known
-        summary = json.loads(summary_path.read_text())
-        summary.update(notebook_seconds=timings, minutes=sum(timings.values()) / 60)
-        write_json(summary_path, summary)
     print(f"[reproduce] all notebooks done in {total / 60:.1f} min; report: {run_dir / 'REPORT.md'}")
     if synthetic:
         print(SYNTHETIC_BANNER)
@@ -160,11 +158,13 @@ def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:
     report = (run_dir / "REPORT.md").read_text().replace("](figures/", f"](figures/{profile}/")
     write_text(res / "REPORT.md", report.replace(f"](figures/{profile}/", f"](../../figures/{profile}/"))
     if profile == "cpu":  # the reference run: top-level REPORT.md and the README's results and timings
-        from .report import update_readme
+        from .readme import update_readme
 
         write_text(repo / "REPORT.md", report)
         summary = json.loads((run_dir / "results" / "summary.json").read_text())
-        if (repo / "README.md").is_file() and update_readme(repo / "README.md", summary, meta["profile"]):
+        timings_path = run_dir / "results" / "timings.json"  # the runner's own file: the one writer of the times
+        timings = json.loads(timings_path.read_text()) if timings_path.is_file() else None
+        if (repo / "README.md").is_file() and update_readme(repo / "README.md", summary, timings):
             print(f"[publish] updated the results and timings in {repo / 'README.md'}")
     print(f"[publish] copied figures to {figs} and results to {res}")
     return res

@@ -167,7 +167,7 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 64, device: torc
 
 def epoch_batches(train: ImageTensors, profile: Profile, seed: int, epoch: int):
     """One epoch's augmented uint8 batches (`train_batches`), prepared a batch ahead in a background thread."""
-    return prefetch(train_batches(train, profile.image_size, profile.batch_size, seed, epoch,
+    return prefetch(train_batches(train, profile.train_crop, profile.batch_size, seed, epoch,
                                   drop_last=profile.drop_last, scale_min=profile.crop_scale_min))
 
 

@@ -65,7 +65,7 @@ def tune(name: str, overrides: dict, models: tuple[str, ...] = ("resnet50", "bag
         records.append({
             "run": name, "model": model, "settings": {k: v for k, v in p.to_dict().items()
                                                       if getattr(base, k) != v},
-            "epochs": p.epochs, "image_size": p.image_size, "precision": m.get("precision", p.precision),
+            "epochs": p.for_model(model).epochs, "image_size": p.image_size, "train_crop": p.train_crop, "precision": m.get("precision", p.precision),
             "best_epoch": m["best_epoch"], "best_val_acc": m["best_val_acc"],
             "test_acc": m["test"]["acc"], "test_loss": m["test"]["loss"], "train_acc_eval_transform": m["train"]["acc"],
             "median_epoch_seconds": seconds[len(seconds) // 2],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .paper import model_label
 from .stats import bootstrap_ci, bootstrap_statistic_ci, spread
 
 COMPARABLE_MARGIN = 0.05  # (a) "comparable": the image-bootstrap interval of the difference lies within ±5 points
@@ -34,14 +35,16 @@ def _ci(ci) -> str:
 
 
 # --------------------------------------------------------------------------- (a)
-def claim_a(resnet_correct: np.ndarray, bagnet_correct: np.ndarray, pretrained: bool) -> dict:
-    """(a) BagNet-33 is comparable to ResNet-50: paired image bootstrap of the accuracy difference."""
+def claim_a(resnet_correct: np.ndarray, bagnet_correct: np.ndarray, pretrained: bool, bagnet: str = "bagnet33") -> dict:
+    """(a) the BagNet is comparable to ResNet-50: paired image bootstrap of the accuracy difference."""
+    label = model_label(bagnet)
+    claim = f"(a) {label} is comparable to ResNet-50"
     diff = np.asarray(bagnet_correct, float) - np.asarray(resnet_correct, float)
     d, ci = float(diff.mean()), bootstrap_ci(diff)
-    evidence = (f"test accuracy BagNet-33 − ResNet-50 = {d:+.3f}, 95% CI {_ci(ci)} (bootstrap over the "
+    evidence = (f"test accuracy {label} − ResNet-50 = {d:+.3f}, 95% CI {_ci(ci)} (bootstrap over the "
                 f"{diff.size} test images, paired)")
     if not pretrained:
-        return _verdict("(a) BagNet-33 is comparable to ResNet-50", "model", "not tested in the paper's setting",
+        return _verdict(claim, "model", "not tested in the paper's setting",
                         evidence + "; trained from scratch here",
                         "the paper compared ImageNet-pretrained networks with a retrained last layer; this run "
                         "trains both from scratch with one seed, which tests how fast each architecture learns "
@@ -53,7 +56,7 @@ def claim_a(resnet_correct: np.ndarray, bagnet_correct: np.ndarray, pretrained: 
         v = "not supported"
     else:
         v = "inconclusive"
-    return _verdict("(a) BagNet-33 is comparable to ResNet-50", "model", v,
+    return _verdict(claim, "model", v,
                     evidence + f"; 'comparable' means the interval lies within ±{COMPARABLE_MARGIN:.2f}",
                     diff=d, ci=list(ci), n=int(diff.size))
 

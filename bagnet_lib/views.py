@@ -1,7 +1,9 @@
 """Figures of a run: the glue between a run directory and the plotting functions, one call per figure.
 
 The notebooks call these so that each of their cells stays one line; every function saves its PNG
-into RUN_DIR/figures/ (names start with the notebook's number) and returns the Figure.
+into RUN_DIR/figures/ under a name from the registry (`figures.py`: names start with the notebook's number)
+and returns the Figure. Functions of notebook 04 study the run's BagNet (`Run.bagnet`: the one notebook 03
+trained) unless told another.
 """
 from __future__ import annotations
 
@@ -13,35 +15,40 @@ from matplotlib.figure import Figure
 
 from . import plots
 from .data.tensors import eval_batch, normalize
+from .figures import figure_path
 from .masks import make_mask
-from .pipeline import Run, cache_step
-from .report import PAPER_POINTS
+from .paper import PAPER_POINTS, model_label
+from .pipeline import Run, blackout_runs, cache_step
+
+
+def _out(run: Run, name: str):
+    return figure_path(run.figures, name)
 
 
 # ----------------------------------------------------------------------------------- 01
 def split_counts(run: Run) -> Figure:
     """Images per class and split (notebook 01; the paper's Fig. 1)."""
-    return plots.plot_split_counts(run.split, run.figures / "01_split_counts.png")
+    return plots.plot_split_counts(run.split, _out(run, "01_split_counts.png"))
 
 
 def samples(run: Run, per_class: int = 6) -> Figure:
     """A grid of example images per class (notebook 01)."""
     return plots.plot_sample_grid(plots.sample_images(run.data_dir, run.split, per_class, run.seed),
-                                  run.figures / "01_samples.png")
+                                  _out(run, "01_samples.png"))
 
 
 def image_sizes(run: Run) -> tuple[Figure, pd.DataFrame]:
     """The image-size distribution (notebook 01); also returns the table."""
     sizes = plots.image_sizes(run.data_dir, run.split)
-    return plots.plot_image_sizes(sizes, run.figures / "01_image_sizes.png"), sizes
+    return plots.plot_image_sizes(sizes, _out(run, "01_image_sizes.png")), sizes
 
 
 def augmentations(run: Run, index: int = 0, n: int = 6) -> Figure:
     """One training image, its eval view and `n` training augmentations (notebook 01)."""
     train = run.tensors("train", progress=False)
-    augmented, eval_view = plots.augmentation_examples(train.images[index], run.profile.image_size, n, run.seed,
+    augmented, eval_view = plots.augmentation_examples(train.images[index], run.profile.train_crop, n, run.seed,
                                                        run.profile.crop_scale_min)
-    return plots.plot_augmentations(train.images[index], augmented, eval_view, run.figures / "01_augmentation.png")
+    return plots.plot_augmentations(train.images[index], augmented, eval_view, _out(run, "01_augmentation.png"))
 
 
 def audit_tables(run: Run) -> tuple[pd.Series, pd.DataFrame]:
@@ -59,7 +66,7 @@ def _nb(model_name: str) -> str:
 def learning_curves(run: Run, model_name: str) -> Figure:
     """Train/val loss and accuracy per epoch (notebooks 02, 03)."""
     history = pd.read_csv(run.results / f"{model_name}_history.csv")
-    return plots.plot_history(history, run.figures / f"{_nb(model_name)}_{model_name}_history.png",
+    return plots.plot_history(history, _out(run, f"{_nb(model_name)}_{model_name}_history.png"),
                               f"{model_name}: learning curves ({run.profile.name} profile)")
 
 
@@ -67,7 +74,7 @@ def confusion(run: Run, model_name: str) -> Figure:
     """Confusion matrix on the test split (notebooks 02, 03)."""
     metrics = json.loads((run.results / f"{model_name}_metrics.json").read_text())
     return plots.plot_confusion(metrics["test"]["confusion"], run.classes,
-                                run.figures / f"{_nb(model_name)}_{model_name}_confusion.png",
+                                _out(run, f"{_nb(model_name)}_{model_name}_confusion.png"),
                                 f"{model_name}: confusion matrix (test, accuracy {metrics['test']['acc']:.3f})")
 
 
@@ -94,7 +101,7 @@ def gradcam_mistakes(run: Run, model_name: str, n: int = 6) -> Figure:
         preds = model(x).argmax(1).cpu()
     cams = grad_cam(model, x).cpu()
     return plot_gradcam_grid(images, cams, test.labels[idx], preds, run.classes,
-                             run.figures / f"{_nb(model_name)}_{model_name}_gradcam.png",
+                             _out(run, f"{_nb(model_name)}_{model_name}_gradcam.png"),
                              f"{model_name}: Grad-CAM of its most confident mistakes", geometry=model.geometry)
 
 
@@ -105,7 +112,7 @@ def receptive_field(run: Run, model_name: str = "bagnet33", index: int = 0) -> F
     test = run.tensors("test", progress=False)
     image = eval_batch(test, run.profile.image_size)[index]
     geometry = run.model(model_name, best=False).geometry
-    return plot_receptive_field(image, geometry, out=run.figures / f"03_{model_name}_receptive_field.png",
+    return plot_receptive_field(image, geometry, out=_out(run, f"03_{model_name}_receptive_field.png"),
                                 title=f"{model_name} at {run.profile.image_size} px")
 
 
@@ -125,62 +132,78 @@ def patch_evidence(run: Run, model_name: str = "bagnet33", n: int = 4) -> Figure
         resnet = run.model("resnet50")
         cams = grad_cam(resnet, normalize(images.to(next(resnet.parameters()).device))).cpu()
     return plot_patch_evidence(images, logits, test.labels[idx], run.classes, model.geometry,
-                               out=run.figures / f"03_{model_name}_evidence.png", gradcams=cams)
+                               out=_out(run, f"03_{model_name}_evidence.png"), gradcams=cams)
+
+
+def training_figures(run: Run, model_name: str, n: int = 6) -> list[Figure]:
+    """Learning curves, confusion matrix and Grad-CAM of the mistakes: what notebook 02 shows one by one, in one
+    call (notebook 03 uses it for any BagNet)."""
+    return [learning_curves(run, model_name), confusion(run, model_name), gradcam_mistakes(run, model_name, n)]
 
 
 # ----------------------------------------------------------------------------------- 04
-def blackout_runs(run: Run) -> pd.DataFrame:
-    """Every blackout configuration of the run (results/blackout_runs.csv)."""
-    return pd.read_csv(run.results / "blackout_runs.csv")
+def mechanism(run: Run, keep: torch.Tensor, index: int = 0, bagnet: str | None = None) -> Figure:
+    """One test image's patch logits, a keep-mask, and the image logits `mean` and `zero` make of them (notebook 04)."""
+    from .aggregate import aggregate
+
+    bagnet = run.bagnet(bagnet)
+    cache = cache_step(run, bagnet, "test", progress=False)
+    image = eval_batch(run.tensors("test", progress=False), run.profile.image_size)[index]
+    x = cache.patch_logits[index:index + 1].float()
+    logits = {"all kept": aggregate(x)[0], "mean": aggregate(x, keep, "mean")[0], "zero": aggregate(x, keep, "zero")[0]}
+    return plots.plot_mechanism(image, x[0], keep, logits, run.classes, int(cache.labels[index]),
+                                _out(run, "04_mechanism.png"), title=f"{model_label(bagnet)}, test image {index}")
 
 
-def paper_masks(run: Run, index: int = 0, seed: int = 0) -> Figure:
+def paper_masks(run: Run, index: int = 0, seed: int = 0, bagnet: str | None = None) -> Figure:
     """The paper's Fig. 4: alternating and random 75/50/25 % blackout on one test image."""
-    cache = cache_step(run, "bagnet33", "test", progress=False)
+    cache = cache_step(run, run.bagnet(bagnet), "test", progress=False)
     h, w = cache.grid
     image = eval_batch(run.tensors("test", progress=False), run.profile.image_size)[index]
     panels = {"alternating: raster (a spatial\nanalogue of the code's parity)": make_mask("raster", h, w),
               **{f"random {int(f * 100)}% dropped": make_mask("random", h, w, f, seed) for f in (0.75, 0.5, 0.25)}}
-    return plots.plot_blackout_masks(image, panels, run.figures / "04_blackout_masks.png")
+    return plots.plot_blackout_masks(image, panels, _out(run, "04_blackout_masks.png"))
+
+
+def mask_accuracy(run: Run) -> Figure:
+    """Every random mask's test accuracy at the paper's fractions, `mean` vs `zero` (seaborn strip plot)."""
+    runs = blackout_runs(run, ("paper",))
+    return plots.plot_mask_accuracy(runs[runs["kind"] == "random"], _out(run, "04_mask_accuracy.png"))
 
 
 def drop_curve(run: Run) -> Figure:
     """Accuracy and loss from 0 to 95 % dropped, `mean` vs `zero`, with the paper's points."""
-    runs = blackout_runs(run)
-    return plots.plot_drop_curve(runs[runs["experiment"] == "curve"], run.figures / "04_drop_curve.png", PAPER_POINTS)
+    return plots.plot_drop_curve(blackout_runs(run, ("curve",)), _out(run, "04_drop_curve.png"), PAPER_POINTS)
 
 
-def blackout_kinds(run: Run) -> Figure:
-    """Patch-logit vs channel (the paper's code) vs pixel blackout, BagNet-33 and ResNet-50."""
-    runs = blackout_runs(run)
+def blackout_kinds(run: Run, bagnet: str | None = None) -> Figure:
+    """Patch-logit vs channel (the paper's code) vs pixel blackout, the BagNet and ResNet-50."""
+    bagnet = run.bagnet(bagnet)
     baselines = {m: json.loads((run.results / f"{m}_metrics.json").read_text())["test"]["acc"]
-                 for m in ("resnet50", "bagnet33")}
-    return plots.plot_blackout_kinds(runs[runs["experiment"].isin(["paper", "channel", "pixel"])],
-                                     run.figures / "04_blackout_kinds.png", baselines=baselines)
+                 for m in ("resnet50", bagnet)}
+    return plots.plot_blackout_kinds(blackout_runs(run, ("paper", "channel", "pixel")),
+                                     _out(run, "04_blackout_kinds.png"), baselines=baselines, bagnet=bagnet)
 
 
 def structured(run: Run) -> Figure:
     """Centre/border and most/least confident masks next to random masks."""
-    runs = blackout_runs(run)
-    return plots.plot_structured(runs[runs["experiment"].isin(["paper", "structured"])], run.figures / "04_structured.png")
+    return plots.plot_structured(blackout_runs(run, ("paper", "structured")), _out(run, "04_structured.png"))
 
 
 def aggregations(run: Run) -> Figure:
     """Every aggregation under random blackout."""
-    runs = blackout_runs(run)
-    return plots.plot_aggregations(runs[runs["experiment"].isin(["paper", "aggregations"])],
-                                   run.figures / "04_aggregations.png")
+    return plots.plot_aggregations(blackout_runs(run, ("paper", "aggregations")), _out(run, "04_aggregations.png"))
 
 
 def frontier(run: Run) -> Figure:
     """Accuracy against GFLOPs per image for every way of spending less compute (results/frontier.csv)."""
-    return plots.plot_frontier(pd.read_csv(run.results / "frontier.csv"), run.figures / "04_frontier.png")
+    return plots.plot_frontier(pd.read_csv(run.results / "frontier.csv"), _out(run, "04_frontier.png"))
 
 
-def explorer(run: Run, max_images: int = 50):
+def explorer(run: Run, max_images: int = 50, bagnet: str | None = None):
     """The interactive blackout explorer over the run's test images (notebook 04)."""
     from .widgets import BlackoutExplorer
 
-    cache = cache_step(run, "bagnet33", "test", progress=False)
+    cache = cache_step(run, run.bagnet(bagnet), "test", progress=False)
     images = eval_batch(run.tensors("test", progress=False), run.profile.image_size)
     return BlackoutExplorer(cache, images, run.classes, max_images=max_images)

@@ -7,7 +7,6 @@ so a corrupted or substituted file is refused instead of silently loaded.
 """
 from __future__ import annotations
 
-import hashlib
 import urllib.error
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch import nn
 from torchvision.models import ResNet50_Weights
 
 from .errors import UserError
+from .io import sha256_file
 
 BAGNET_BASE_URL = ("https://bitbucket.org/wielandbrendel/bag-of-feature-pretrained-models/raw/"
                    "249e8fa82c0913623a807d9d35eeab9da7dcc2a8")
@@ -31,15 +31,6 @@ def hash_prefix(url_or_name: str) -> str | None:
     """The SHA-256 prefix torch.hub reads from a file name like `bagnet32-2ddd53ed.pth.tar`."""
     match = torch.hub.HASH_REGEX.search(Path(url_or_name).name)
     return match.group(1) if match else None
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cached_checkpoint_path(url: str) -> Path:
@@ -76,7 +67,7 @@ def fetch_checkpoint(url: str, local_file: str | Path | None = None, check_hash:
                     "path explicitly; or use a from-scratch profile (smoke, cpu, gpu)."
                 ) from exc
     if expected:
-        actual = sha256_of(path)
+        actual = sha256_file(path)
         if not actual.startswith(expected):
             raise UserError(
                 f"Checkpoint {path} has SHA-256 {actual[:16]}…, but {Path(url).name} must start with "

@@ -22,7 +22,7 @@ state shows its figure when it is the last expression of a notebook cell (`_repr
 """
 from __future__ import annotations
 
-import io
+import html
 import math
 import operator
 import traceback
@@ -36,6 +36,7 @@ from torch import Tensor
 from .aggregate import AGGREGATIONS, aggregate
 from .experiments import LogitCache, pixel_blackout
 from .masks import make_mask
+from .plots import png_bytes, save, to_hwc
 
 # Names shown to users → mask kinds of `make_mask`. The plain kind names are accepted too.
 PATTERNS = {
@@ -86,14 +87,7 @@ class ExplorerState:
         return self.pred_after != self.pred_before
 
     def _repr_png_(self) -> bytes:
-        return figure_png(self.figure)
-
-
-def figure_png(fig, dpi: int = 100) -> bytes:
-    """The figure rendered as PNG bytes (Agg; no pyplot, no display backend needed)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
+        return png_bytes(self.figure)
 
 
 def _canonical_pattern(pattern: str) -> str:
@@ -212,10 +206,8 @@ class BlackoutExplorer:
         """Save the last state's figure as PNG (tight bounding box), creating parent folders."""
         if self.state is None:
             raise RuntimeError("nothing to save yet: call explorer.update(...) first")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.state.figure.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
-        return path
+        save(self.state.figure, path, dpi)
+        return Path(path)
 
     # ------------------------------------------------------------------ drawing
     def _build(self, k: int, h: int, w: int) -> None:
@@ -232,7 +224,7 @@ class BlackoutExplorer:
         a = self._artists = {"fig": fig, "img": ax_img, "map": ax_map, "bar": ax_bar, "hatch": None}
 
         # (1) the image with the dropped tiles painted grey
-        a["img_im"] = ax_img.imshow(self.images[0].permute(1, 2, 0).numpy())
+        a["img_im"] = ax_img.imshow(to_hwc(self.images[0]))
         ax_img.set_xticks([])
         ax_img.set_yticks([])
 
@@ -279,7 +271,7 @@ class BlackoutExplorer:
 
         # (1) image
         img = pixel_blackout(self.images[i:i + 1].clone(), keep)[0]
-        a["img_im"].set_data(img.permute(1, 2, 0).numpy())
+        a["img_im"].set_data(to_hwc(img))
         oracle = " (an oracle: ranked by the all-patch prediction)" if name in ("top-k", "bottom-k") else ""
         a["img"].set_title(f"{name}{f' (seed {seed})' if name in SEEDED else ''}: "
                            f"{n_kept} of {total} patches kept\n(grey = blacked out){oracle}")
@@ -362,7 +354,7 @@ class BlackoutExplorer:
                 state = self.update(image.value, pattern.value, drop.value, seed.value, agg.value)
             except Exception as exc:  # JupyterLab shows a callback's error nowhere: show it in the explorer
                 line.value = (f"<b style='color:firebrick'>error in the explorer:</b> "
-                              f"{_html_escape(f'{type(exc).__name__}: {exc}')}")
+                              f"{html.escape(f'{type(exc).__name__}: {exc}')}")
                 with out:
                     out.clear_output()
                     traceback.print_exc()
@@ -370,7 +362,7 @@ class BlackoutExplorer:
                     return
                 raise  # a bug: also reaches the kernel's log (and the browser test)
             color = "firebrick" if state.changed else "inherit"
-            line.value = f"<span style='font-family:monospace;color:{color}'>{_html_escape(state.text)}</span>"
+            line.value = f"<span style='font-family:monospace;color:{color}'>{html.escape(state.text)}</span>"
             with out:
                 out.clear_output(wait=True)
                 display(state)  # rendered through ExplorerState._repr_png_, whatever the matplotlib backend
@@ -379,7 +371,3 @@ class BlackoutExplorer:
             ctl.observe(refresh, names="value")
         refresh()
         return W.VBox([W.HBox([image, pattern, agg]), W.HBox([drop, seed]), line, out])
-
-
-def _html_escape(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

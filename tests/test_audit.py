@@ -15,12 +15,12 @@ from bagnet_lib.data.audit import (
     AuditReport,
     Problem,
     audit_dataset,
-    file_sha256,
     perceptual_hash,
     split_leakage,
 )
 from bagnet_lib.data.folder import list_images
 from bagnet_lib.errors import UserError
+from bagnet_lib.io import sha256_file
 
 
 def _photo(seed: int, size: int = 96) -> Image.Image:
@@ -203,7 +203,7 @@ def test_helpers(messy):
     path = messy / "daisy" / "good_0.jpg"
     import hashlib
 
-    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
     bits, std = perceptual_hash(_photo(1))
     assert bits.shape == (512,) and bits.dtype == bool and std > 4
     flat_bits, flat_std = perceptual_hash(Image.new("RGB", (50, 50), (9, 9, 9)))
@@ -254,7 +254,7 @@ def test_shared_flowers():
     assert report.class_counts == {"daisy": 769, "dandelion": 990, "rose": 783, "sunflower": 734, "tulip": 966}
     assert len(report.conflict_groups) == 8
     assert all(len(g) == 2 for g in report.conflict_groups)
-    byte_groups = [g for g in report.duplicate_groups if len({file_sha256(root / p) for p in g}) == 1]
+    byte_groups = [g for g in report.duplicate_groups if len({sha256_file(root / p) for p in g}) == 1]
     assert len(byte_groups) == 10  # the README's 10 byte-identical groups ...
     assert len(report.duplicate_groups) > 10  # ... plus near-duplicates
     assert not report.by_kind("unreadable") and not report.by_kind("too_small")

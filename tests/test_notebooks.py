@@ -10,18 +10,11 @@ import nbformat
 import pandas as pd
 import pytest
 
+from bagnet_lib import figures
+from bagnet_lib.record import read_records
 from bagnet_lib.runner import NOTEBOOK_DIR, NOTEBOOKS, NotebookFailed, reproduce
 
 from .conftest import PAPER_SPLIT, shared_flowers
-
-EXPECTED_FIGURES = [
-    "01_split_counts.png", "01_samples.png", "01_image_sizes.png", "01_augmentation.png",
-    "02_resnet50_history.png", "02_resnet50_confusion.png", "02_resnet50_gradcam.png",
-    "03_bagnet33_history.png", "03_bagnet33_confusion.png", "03_bagnet33_gradcam.png",
-    "03_bagnet33_receptive_field.png", "03_bagnet33_evidence.png",
-    "04_blackout_masks.png", "04_drop_curve.png", "04_blackout_kinds.png", "04_structured.png",
-    "04_aggregations.png", "04_explorer.png", "04_frontier.png",
-]
 
 
 def test_committed_notebooks_carry_no_outputs_and_one_parameters_cell():
@@ -31,18 +24,30 @@ def test_committed_notebooks_carry_no_outputs_and_one_parameters_cell():
         assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs"
         tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{name} needs exactly one parameters cell"
-        assert nb.cells[0].cell_type == "markdown" and "What this notebook teaches" in nb.cells[0].source
+        intro = nb.cells[0].source
+        assert nb.cells[0].cell_type == "markdown" and "What this notebook teaches" in intro
+        assert "github.com/rui-yan/CS229-final-project" in intro and "openreview.net/forum?id=SkfMWhAqYQ" in intro
+        assert nb.cells[-1].cell_type == "markdown" and nb.cells[-1].source.startswith(
+            ("## Things to try", "## What to do next")), name
         for key in ("PROFILE", "RUN_DIR", "DATA_DIR", "SEED"):
             assert f"{key} =" in tagged[0].source, (name, key)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, synthetic_root):
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+def _course(tmp_path_factory, synthetic_root, bagnet: str):
+    run_dir = tmp_path_factory.mktemp(f"smoke_{bagnet}") / "run"
     data = shared_flowers()
     manifest = PAPER_SPLIT if data is not None and PAPER_SPLIT.is_file() else None
-    timings = reproduce("smoke", run_dir, data or synthetic_root, manifest, seed=0, cell_timeout=600)
+    timings = reproduce("smoke", run_dir, data or synthetic_root, manifest, seed=0, cell_timeout=600, bagnet=bagnet)
     return run_dir, timings, data is None
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, synthetic_root):
+    return _course(tmp_path_factory, synthetic_root, "bagnet33")
+
+
+def _records(run_dir) -> dict[str, dict]:
+    return {name[:2]: read_records(run_dir / "notebooks" / name) for name in NOTEBOOKS}
 
 
 @pytest.mark.slow
@@ -94,19 +99,60 @@ def test_results_json_has_the_expected_keys_and_sane_values(smoke_run):
     assert ("BagNet-33, random 25%", "patch") in rows and ("BagNet-33, random 25%", "channel") in rows
     assert any(s.startswith("ResNet-50 (best validation epoch") for s, _ in rows)
     assert summary["data_dir"] in ("$BAGNET_DATA", "../shared/data/flowers") or summary["data_dir"].startswith("<")
-    # the runner completes the write-up's summary with every notebook's time, its own included
-    assert summary["notebook_seconds"] == timings and abs(summary["minutes"] - sum(timings.values()) / 60) < 1e-9
+    # the notebook times have one writer, the runner (timings.json); the summary does not copy them
+    assert json.loads((run_dir / "results" / "timings.json").read_text()) == timings
+    assert "notebook_seconds" not in summary and "minutes" not in summary
     curve = summary["drop_curve"]
     assert {c["aggregation"] for c in curve} == {"mean", "zero"} and all(c["n_masks"] >= 1 for c in curve)
 
 
 @pytest.mark.slow
-def test_every_expected_figure_is_a_non_empty_png(smoke_run):
+def test_every_registered_figure_is_a_non_empty_png_and_nothing_else_is_made(smoke_run):
     run_dir, _, _ = smoke_run
-    for name in EXPECTED_FIGURES:
+    expected = figures.expected("bagnet33")
+    assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == sorted(expected)
+    for name in expected:
         path = run_dir / "figures" / name
-        assert path.is_file(), name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000, name
+
+
+@pytest.mark.slow
+def test_the_notebooks_record_the_numbers_the_run_wrote(smoke_run):
+    run_dir, _, _ = smoke_run
+    rec = _records(run_dir)
+    summary = json.loads((run_dir / "results" / "summary.json").read_text())
+    assert rec["01"]["n_images"] == rec["01"]["n_train"] + rec["01"]["n_val"] + rec["01"]["n_test"] > 0
+    assert rec["01"]["n_test"] == summary["n_test"] and len(rec["01"]["classes"]) == 5
+    for nb, model in (("02", "resnet50"), ("03", "bagnet33")):
+        assert rec[nb]["model"] == model and rec[nb]["test_acc"] == summary[model]["test"]["acc"]
+        assert rec[nb]["best_epoch"] == summary[model]["best_epoch"]
+    four = rec["04"]
+    # section 2-3's claim, measured: the same mask gives the same accuracy under `mean` and `zero`, another loss
+    assert four["test_acc_one_mask_mean"] == four["test_acc_one_mask_zero"]
+    assert four["test_loss_one_mask_mean"] != four["test_loss_one_mask_zero"]
+    written = sum(len(pd.read_csv(f)) for f in (run_dir / "results").glob("blackout_*.csv"))
+    assert four["n_configurations"] == written > 100 and four["bagnet"] == "bagnet33"
+    assert set(four["experiments"]) == {"paper", "curve", "structured", "aggregations", "channel", "pixel"}
+    assert four["n_frontier_points"] == len(pd.read_csv(run_dir / "results" / "frontier.csv")) and four["n_pareto"] >= 1
+    assert rec["05"]["verdicts"] == [[v["claim"][:3], v["reading"], v["verdict"]] for v in summary["verdicts"]]
+    assert rec["05"]["test_acc"] == {m: summary[m]["test"]["acc"] for m in ("resnet50", "bagnet33")}
+
+
+@pytest.mark.slow
+def test_bagnet17_chosen_in_03_flows_through_04_and_05(tmp_path_factory, synthetic_root):
+    run_dir, timings, _ = _course(tmp_path_factory, synthetic_root, "bagnet17")
+    assert list(timings) == list(NOTEBOOKS)
+    rec = _records(run_dir)
+    assert rec["03"]["model"] == rec["04"]["bagnet"] == rec["05"]["bagnet"] == "bagnet17"
+    summary = json.loads((run_dir / "results" / "summary.json").read_text())
+    assert summary["bagnet"] == "bagnet17" and "bagnet33" not in summary
+    assert summary["verdicts"][0]["claim"] == "(a) BagNet-17 is comparable to ResNet-50"
+    assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == sorted(figures.expected("bagnet17"))
+    frontier = pd.read_csv(run_dir / "results" / "frontier.csv")
+    assert set(frontier["model"]) == {"bagnet17", "resnet50"}
+    assert set(pd.read_csv(run_dir / "results" / "blackout_paper.csv")["model"]) == {"bagnet17"}
+    text = (run_dir / "REPORT.md").read_text()
+    assert "(BagNet-17)" in text.splitlines()[0] and "| BagNet-17, random 25% | patch |" in text
 
 
 @pytest.mark.slow
@@ -115,7 +161,15 @@ def test_report_holds_table_1_and_the_verdicts(smoke_run):
     text = (run_dir / "REPORT.md").read_text()
     assert "## Table 1" in text and "| ResNet-50 |" in text and "| BagNet-33 |" in text
     assert "0.9093" in text and "0.8821" in text  # the paper's column
-    assert "## Verdicts" in text and "(c) about 25% can be dropped" in text and "reading `channel`" in text
+    assert "(c) about 25% can be dropped" in text and "reading `channel`" in text
+    # the write-up's order: question, setting, Table 1, claims (a) to (e), limitations, next steps
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    order = ["## The question", "## What this run did differently", "## Table 1", "## Claim (a)", "## Claims (b) and (c)",
+             "## Claim (d)", "## Which patches matter", "## Claim (e)", "## Limitations", "## What to do next"]
+    assert [next(i for i, h in enumerate(heads) if h.startswith(o)) for o in order] == sorted(
+        next(i for i, h in enumerate(heads) if h.startswith(o)) for o in order)
+    # each figure sits in its section, not in a list at the end
+    assert text.index("04_drop_curve.png") < text.index("## Which patches matter") < text.index("04_frontier.png")
     assert "a spatial analogue of the code's index parity" in text and "best validation epoch" in text
     assert ("SYNTHETIC" in text) is synthetic
     assert "](figures/04_drop_curve.png)" in text and "](figures/04_blackout_masks.png)" in text

@@ -158,13 +158,17 @@ def _strip(obj):
 
 
 def _smoke_pipeline(run_dir: Path, data: Path, seed: int) -> dict:
-    from bagnet_lib import pipeline, report
+    from bagnet_lib import pipeline, summary
 
     run = pipeline.prepare_run(run_dir, "smoke", data, None, seed, progress=False)
     for model in ("resnet50", "bagnet33"):
         pipeline.train_step(run, model, progress=False)
     pipeline.blackout_step(run, progress=False)
-    return report.build_summary(run)
+    return summary.build_summary(run)
+
+
+def _blackout_runs(run_dir: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_csv(f) for f in sorted((run_dir / "results").glob("blackout_*.csv"))], ignore_index=True)
 
 
 @pytest.mark.slow
@@ -174,11 +178,11 @@ def test_same_seed_same_results_other_seed_other_masks(synthetic_root, tmp_path,
     one = _smoke_pipeline(tmp_path / "one", synthetic_root, seed=0)
     two = _smoke_pipeline(tmp_path / "two", synthetic_root, seed=0)
     assert json.dumps(_strip(one), sort_keys=True) == json.dumps(_strip(two), sort_keys=True)
-    runs_one = pd.read_csv(tmp_path / "one" / "results" / "blackout_runs.csv")
-    runs_two = pd.read_csv(tmp_path / "two" / "results" / "blackout_runs.csv")
+    runs_one = _blackout_runs(tmp_path / "one")
+    runs_two = _blackout_runs(tmp_path / "two")
     pd.testing.assert_frame_equal(runs_one, runs_two)
     three = _smoke_pipeline(tmp_path / "three", synthetic_root, seed=1)
-    runs_three = pd.read_csv(tmp_path / "three" / "results" / "blackout_runs.csv")
+    runs_three = _blackout_runs(tmp_path / "three")
     random_one = runs_one[runs_one["kind"] == "random"]
     random_three = runs_three[runs_three["kind"] == "random"]
     assert len(random_one) == len(random_three)

@@ -3,24 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bagnet_lib.report import (
-    compute_section,
-    drop_curve_summary,
-    drop_curve_table,
-    paired_accuracy_difference,
-    structured_table,
-    update_readme,
-)
-
-
-def test_compute_section_reads_the_sparse_benchmark():
-    text = "\n".join(compute_section({"image_size": 224, "width": 1.0, "models": {
-        "bagnet9": {"break_even_keep_frac": {"flops": None, "time": 0.8}},
-        "bagnet33": {"break_even_keep_frac": {"flops": 0.137, "time": 0.09}}}}))
-    assert "| bagnet9 | cheaper at every fraction | 80% kept |" in text
-    assert "| bagnet33 | 14% kept | 9% kept |" in text
-    assert "more than 86% are blacked out" in text
-    assert compute_section(None) == []
+from bagnet_lib.readme import update_readme
+from bagnet_lib.report import drop_curve_table, structured_table
+from bagnet_lib.summary import drop_curve_summary, paired_accuracy_difference
 
 
 def test_paired_difference_is_exact_on_identical_and_opposite_models():
@@ -61,13 +46,16 @@ def test_structured_table_names_what_each_mask_keeps():
     assert "| keep the centre, drop the outer ring | – | – | – |" in table
 
 
+TIMINGS = {"01_data_exploration.ipynb": 70.2, "02_train_resnet50.ipynb": 600.0, "03_train_bagnet.ipynb": 1700.4,
+           "04_blackout_experiments.ipynb": 100.0, "05_writeup.ipynb": 4.6}
+
+
 def _summary() -> dict:
     model = lambda acc: {"train": {"acc": acc + 0.05, "loss": 0.5},  # noqa: E731
                          "test": {"acc": acc, "loss": 0.7, "acc_ci": [acc - 0.04, acc + 0.04]}}
-    return {"profile": "cpu", "seed": 0, "n_test": 426, "minutes": 2475.2 / 60,
-            "notebook_seconds": {"01_data_exploration.ipynb": 70.2, "02_train_resnet50.ipynb": 600.0,
-                                 "03_train_bagnet33.ipynb": 1700.4, "04_blackout_experiments.ipynb": 100.0,
-                                 "05_writeup.ipynb": 4.6},
+    return {"profile": "cpu", "seed": 0, "n_test": 426, "bagnet": "bagnet33",
+            "setting": {"pretrained": False, "image_size": 160, "train_crop": 128, "grid": [16, 16], "width": 0.25,
+                        "epochs": {"resnet50": 45, "bagnet33": 40}, "split": "the paper's (manifest)"},
             "resnet50": model(0.781), "bagnet33": model(0.762),
             "table1": [{"setting": "ResNet-50", "reading": "model", "acc": 0.781, "acc_ci": [0.741, 0.821],
                         "loss": 0.7, "paper_acc": 0.9093, "paper_loss": 0.2847},
@@ -83,25 +71,25 @@ def test_update_readme_rewrites_only_its_marked_blocks(tmp_path):
     before = ("# title\n\nintro\n\n## Results\n<!-- results:start -->\nold table\n<!-- results:end -->\n\n"
               "## Performance\n<!-- timings:start -->\nold times\n<!-- timings:end -->\ntail text\n")
     readme.write_text(before)
-    settings = {"image_size": 112, "width": 0.25, "epochs": 30}
-    assert update_readme(readme, _summary(), settings)
+    assert update_readme(readme, _summary(), TIMINGS)
     text = readme.read_text()
     assert "old table" not in text and "old times" not in text
     assert text.startswith("# title\n\nintro\n\n## Results\n<!-- results:start -->\n") and text.endswith("tail text\n")
     assert "| ResNet-50 | model | 0.781 | [0.741, 0.821] | – | – | 0.700 | 0.9093 | 0.2847 |" in text
     assert ("| BagNet-33, random 25% | channel | 0.760 | – | [0.755, 0.765] (30 masks) | -0.012 [-0.020, -0.004] "
             "| – | 0.8827 | 0.4123 |") in text
-    assert "112 px, width 0.25, 30 epochs" in text and "41.3 min" in text
+    assert ("from scratch: 160 px (training crops 128 px), a 16×16 patch grid, width 0.25, ResNet-50 45 / BagNet-33 40 "
+            "epochs") in text and "41.3 min" in text
     assert ("- **(c) about 25% can be dropped without loss of accuracy** — reading `patch`: **supported**. "
             "all kept 0.762 → 0.760. *Caveat:* nothing is saved.") in text
-    assert "](figures/cpu/04_drop_curve.png)" in text and "](figures/cpu/04_blackout_masks.png)" in text
+    assert "](figures/cpu/04_drop_curve.png)" in text and "](figures/cpu/04_frontier.png)" in text
     assert "| 70 | 600 | 1700 | 100 | 5 | 41.3 min |" in text
-    assert update_readme(readme, _summary(), settings) and readme.read_text() == text  # idempotent
+    assert update_readme(readme, _summary(), TIMINGS) and readme.read_text() == text  # idempotent
 
 
 def test_update_readme_leaves_a_readme_without_blocks_alone(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n<!-- results:start -->\nonly one of the two blocks\n<!-- results:end -->\n")
     before = readme.read_bytes()
-    assert update_readme(readme, _summary(), {"image_size": 112, "width": 0.25, "epochs": 30}) is False
+    assert update_readme(readme, _summary(), TIMINGS) is False
     assert readme.read_bytes() == before

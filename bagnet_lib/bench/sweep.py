@@ -24,12 +24,12 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ..aggregate import aggregate
 from ..data.tensors import eval_batches, normalize
 from ..experiments import cache_logits, sweep
 from ..masks import make_mask
+from ..metrics import accuracy, cross_entropy
 from ..models import build_model
 from ..profiles import get_profile
 from .common import calibrate_batchnorm
@@ -66,9 +66,7 @@ def _recompute(model, images, labels, frac: float, seed: int, agg: str, batch_si
     pl = torch.cat([model.patch_logits(normalize(x)) for x, _ in eval_batches(images, labels, batch_size)])
     h, w = pl.shape[-2:]
     logits = aggregate(pl, make_mask("random", h, w, frac, seed), agg)
-    acc = float((logits.argmax(1) == labels).float().mean())
-    loss = float(F.cross_entropy(logits.double(), labels))
-    return acc, loss
+    return accuracy(logits, labels), cross_entropy(logits, labels)
 
 
 def run(quick: bool = False) -> dict:

@@ -33,7 +33,6 @@ near-duplicate pairs, and yields exactly the 8 label-conflict groups the dataset
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import warnings
@@ -46,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
+from ..io import sha256_file
 from .folder import class_names, is_looping_link
 from .images import UnreadableImage, is_image_name, load_rgb
 
@@ -61,7 +61,6 @@ __all__ = [
     "AuditReport",
     "Problem",
     "audit_dataset",
-    "file_sha256",
     "perceptual_hash",
     "split_leakage",
 ]
@@ -221,15 +220,6 @@ class AuditReport:
         return "\n".join(lines) + "\n"
 
 
-def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def perceptual_hash(image: Image.Image) -> tuple[np.ndarray, float]:
     """512-bit difference hash of `image` as a bool array, and the grey-level std of its thumbnail.
 
@@ -264,7 +254,7 @@ def _inspect(root: Path, rel: str, label: str | None) -> _Scan:
         scan.error = _not_a_file(full)
         return scan
     try:
-        scan.sha256 = file_sha256(full)
+        scan.sha256 = sha256_file(full)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rgb = load_rgb(full)  # full decode, EXIF orientation applied

@@ -289,11 +289,11 @@ CS229_SPLITS = ("train", "val", "test")
 
 def tree_digest(files: dict[str, bytes | Path]) -> str:
     """SHA-256 of the sorted lines `<relative path>\t<SHA-256 of the file>`: one hash for a whole folder."""
-    from ..weights import sha256_of
+    from ..io import sha256_file
 
     lines = []
     for rel, content in files.items():
-        digest = hashlib.sha256(content).hexdigest() if isinstance(content, bytes) else sha256_of(content)
+        digest = hashlib.sha256(content).hexdigest() if isinstance(content, bytes) else sha256_file(content)
         lines.append(f"{rel}\t{digest}")
     return hashlib.sha256(("\n".join(sorted(lines)) + "\n").encode()).hexdigest()
 

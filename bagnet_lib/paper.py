@@ -1,0 +1,33 @@
+"""The paper this course reproduces: its links and the numbers it printed (the only numbers typed in).
+
+Introduced in notebook 05. Table 1 is copied as printed; `../shared/paper/README.md` explains how to read it
+(its "train" columns are the best validation epoch, and its random 75 % column repeats the 50 % one).
+"""
+from __future__ import annotations
+
+CS229_PAPER = ("Zou, Yan, Liu: CNN Image Recognition Architecture Simplification using Patch-Based Data "
+               "Reduction Techniques (Stanford CS229 project report)")
+CS229_CODE_URL = "https://github.com/rui-yan/CS229-final-project"
+BAGNET_PAPER = ("Brendel & Bethge: Approximating CNNs with Bag-of-local-Features models works surprisingly well "
+                "on ImageNet (ICLR 2019)")
+BAGNET_PAPER_URL = "https://openreview.net/forum?id=SkfMWhAqYQ"
+BAGNET_CODE_URL = "https://github.com/wielandbrendel/bag-of-local-features-models"
+
+PAPER_TABLE1 = {  # as printed in the paper (test; train where given)
+    "resnet50": {"train": {"acc": 0.9211, "loss": 0.2517}, "test": {"acc": 0.9093, "loss": 0.2847}},
+    "bagnet33": {"train": {"acc": 0.9288, "loss": 0.2799}, "test": {"acc": 0.8821, "loss": 0.3745}},
+    "alternating": {"acc": 0.8293, "loss": 0.5761},
+    "random 25%": {"acc": 0.8827, "loss": 0.4123},
+    "random 50%": {"acc": 0.8327, "loss": 0.5445},
+    "random 75%": {"acc": 0.8327, "loss": 0.5445},  # identical to the 50 % column: most likely a copy error
+}
+PAPER_POINTS = {0.5: (0.8327, 0.5445), 0.25: (0.8827, 0.4123), 0.75: (0.8327, 0.5445)}  # for the drop-curve figure
+PAPER_FRACS = (0.25, 0.5, 0.75)  # the paper's random blackout settings
+
+
+def model_label(name: str) -> str:
+    """`bagnet33` → `BagNet-33`, `resnet50` → `ResNet-50`: the names the papers use."""
+    for prefix, label in (("bagnet", "BagNet-"), ("resnet", "ResNet-")):
+        if name.startswith(prefix):
+            return label + name[len(prefix):]
+    return name

@@ -1,0 +1,89 @@
+"""The README's generated blocks: text between `<!-- name:start -->` and `<!-- name:end -->`.
+
+`publish` rewrites `results` and `timings` from a published run (its summary.json and the runner's
+timings.json); `bench … --readme` and `tune … --readme` rewrite their own blocks. This module is the one
+place that edits README.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import write_text
+from .paper import model_label
+from .report import table1, verdict_lines
+
+NOTEBOOK_LABELS = {"01_data_exploration.ipynb": "01 data", "02_train_resnet50.ipynb": "02 ResNet-50",
+                   "03_train_bagnet.ipynb": "03 BagNet", "04_blackout_experiments.ipynb": "04 blackout",
+                   "05_writeup.ipynb": "05 write-up"}
+
+
+def results_block(summary: dict, timings: dict | None = None) -> str:
+    """The README's results section for a published run: Table 1, verdicts, the two key figures."""
+    s, name, b = summary["setting"], summary["profile"], summary["bagnet"]
+    minutes = f"{sum(timings.values()) / 60:.1f} min" if timings else "a time that was not recorded"
+    crops = f" (training crops {s['train_crop']} px)" if s["train_crop"] != s["image_size"] else ""
+    weights = "ImageNet-pretrained" if s["pretrained"] else "from scratch"
+    lines = [f"Reference run: profile `{name}` ({weights}: {s['image_size']} px{crops}, a {s['grid'][0]}×{s['grid'][1]} "
+             f"patch grid, width {s['width']}, ResNet-50 {s['epochs']['resnet50']} / {model_label(b)} "
+             f"{s['epochs'][b]} epochs), {s['split']}, seed {summary['seed']}, {summary['n_test']} test images; all "
+             f"five notebooks took {minutes} on this project's 2-core machine. Full report: [REPORT.md](REPORT.md); "
+             f"numbers: `results/{name}/summary.json`.", "",
+             "Table 1, this run next to the paper's (the paper fine-tuned ImageNet-pretrained networks; this run "
+             "trains from scratch, so absolute accuracies are not expected to match):", ""]
+    lines += table1(summary)
+    lines += ["", "The paper's claims, one verdict per claim and reading, each with the numbers it rests on "
+              "(definitions and figures in REPORT.md):", ""]
+    lines += verdict_lines(summary)
+    lines += ["", f"![Accuracy and cross-entropy vs fraction of patches dropped](figures/{name}/04_drop_curve.png)", "",
+              f"![Test accuracy against GFLOPs per image](figures/{name}/04_frontier.png)", ""]
+    return "\n".join(lines)
+
+
+def timings_block(profile: str, timings: dict | None) -> str:
+    """One table row per notebook: the published run's wall times (the runner's timings.json)."""
+    t = timings or {}
+    names = [n for n in NOTEBOOK_LABELS if n in t]
+    if not names:
+        return f"No per-notebook times were recorded for the `{profile}` run."
+    return "\n".join([f"`{profile}` profile, the published run (seconds per notebook):", "",
+                      "| " + " | ".join(NOTEBOOK_LABELS[n] for n in names) + " | total |",
+                      "| " + " | ".join("---" for _ in names) + " | --- |",
+                      "| " + " | ".join(f"{t[n]:.0f}" for n in names) + f" | {sum(t[n] for n in names) / 60:.1f} min |"])
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """Replace what lies between `<!-- name:start -->` and `<!-- name:end -->` in `text`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise ValueError(f"README has no '{start}' … '{end}' block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{content.strip()}\n{end}{tail}"
+
+
+def update_block(readme: str | Path, name: str, content: str) -> bool:
+    """Rewrite one block of `readme` in place; False (and nothing written) if it has no such block."""
+    readme = Path(readme)
+    text = readme.read_text()
+    try:
+        new = replace_block(text, name, content)
+    except ValueError:
+        return False
+    if new != text:
+        write_text(readme, new)
+    return True
+
+
+def update_readme(readme: str | Path, summary: dict, timings: dict | None = None) -> bool:
+    """Rewrite the README's `results` and `timings` blocks from a published run; False (and nothing written)
+    unless it has both."""
+    readme = Path(readme)
+    text = readme.read_text()
+    try:
+        new = replace_block(text, "results", results_block(summary, timings))
+        new = replace_block(new, "timings", timings_block(summary["profile"], timings))
+    except ValueError:
+        return False
+    if new != text:
+        write_text(readme, new)
+    return True

@@ -1,0 +1,243 @@
+"""The numbers of the write-up (notebook 05): results/summary.json, its only writer.
+
+Everything is read from the run directory, and only from it: metrics and histories (notebooks 02, 03), the
+blackout tables and the logit cache (04; the per-image numbers behind every interval are recomputed from the
+cache with the same masks), the frontier (04) and the leakage table (01). The paper's own numbers come from
+`paper`; the verdicts from `verdicts`. `report` renders this summary as REPORT.md.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from . import verdicts as V
+from .experiments import summarize_sweep
+from .io import display_path, write_json
+from .metrics import correct, cross_entropy, nll
+from .paper import PAPER_FRACS, PAPER_TABLE1, model_label
+from .pipeline import CURVE_FRACS, Run, blackout_runs, mask_seeds, pixel_tiles
+from .stats import bootstrap_ci, spread
+
+
+def blackout_summary(runs: pd.DataFrame) -> list[dict]:
+    """One entry per experiment/kind/fraction/aggregation/model: mean accuracy and loss over masks (or seeds),
+    where 95 % of them lie, and (for a few seeds, e.g. pixel blackout) the Student-t interval of the mean."""
+    setting_of = {"checkerboard": "alternating", "raster": "alternating", "channel_alternating": "channel",
+                  "channel_random": "channel"}
+    out = []
+    for (model, exp), g in runs.groupby(["model", "experiment"], sort=False):
+        if exp == "curve":  # 20 fractions × many masks: summarised by the drop-curve figure and verdict (d)
+            continue
+        for row in summarize_sweep(g).to_dict("records"):
+            out.append({"setting": setting_of.get(row["kind"], row["kind"]), "kind": row["kind"], "model": model,
+                        "experiment": exp, "drop_frac": row["drop_frac"], "aggregation": row["aggregation"],
+                        "n_seeds": row["n_seeds"], "acc_mean": row["acc_mean"], "acc_spread": row["acc_spread"],
+                        "acc_t_ci": row["acc_t_ci"], "loss_mean": row["loss_mean"]})
+    return out
+
+
+def drop_curve_summary(runs: pd.DataFrame) -> list[dict]:
+    """The drop curve (experiment `curve`): per fraction and aggregation, mean accuracy/loss and where 95 % of
+    the masks lie."""
+    out = []
+    for model, g in runs[runs["experiment"] == "curve"].groupby("model", sort=True):
+        for row in summarize_sweep(g).to_dict("records"):
+            out.append({"model": model, "drop_frac": float(row["drop_frac"]), "aggregation": row["aggregation"],
+                        "n_masks": row["n_seeds"], "acc_mean": float(row["acc_mean"]), "acc_spread": row["acc_spread"],
+                        "loss_mean": float(row["loss_mean"]), "loss_spread": row["loss_spread"]})
+    return out
+
+
+def find(blackout: list[dict], kind: str, frac: float, agg: str = "mean", model: str = "bagnet33") -> dict | None:
+    """The summary entry of one setting, or None."""
+    for b in blackout:
+        if b["kind"] == kind and abs(b["drop_frac"] - frac) < 1e-9 and b["aggregation"] == agg and b["model"] == model:
+            return b
+    return None
+
+
+def paired_accuracy_difference(a: pd.DataFrame, b: pd.DataFrame) -> dict:
+    """Accuracy of `b` minus `a` on the same test images (by path), with a paired image-bootstrap 95 % interval."""
+    merged = a.merge(b, on="path", suffixes=("_a", "_b"))
+    diff = merged["correct_b"].astype(float).to_numpy() - merged["correct_a"].astype(float).to_numpy()
+    return {"diff": float(diff.mean()), "ci": list(bootstrap_ci(diff)), "n": int(len(diff))}
+
+
+# The rows of Table 1 that involve blackout: (label, reading, kind, fraction, the paper's column).
+BLACKOUT_ROWS = (
+    ("alternating: checkerboard (spatial)", "patch", "checkerboard", 0.5, "alternating"),
+    ("alternating: raster (a spatial analogue of the code's index parity)", "patch", "raster", 0.5, "alternating"),
+    ("alternating: channel index parity (the paper's code)", "channel", "alternating", 0.5, "alternating"),
+    *((f"random {int(100 * f)}%", reading, "random", f, f"random {int(100 * f)}%")
+      for f in PAPER_FRACS for reading in ("patch", "channel")),
+)
+
+
+def _best_val(run: Run, model: str) -> dict:
+    """The best validation epoch's accuracy and loss (what the paper printed as "train")."""
+    hist = pd.read_csv(run.results / f"{model}_history.csv")
+    best = hist.loc[hist["val_acc"].idxmax()]
+    return {"epoch": int(best["epoch"]), "acc": float(best["val_acc"]), "loss": float(best["val_loss"])}
+
+
+def blackout_evidence(run: Run, bagnet: str = "bagnet33") -> dict:
+    """Per-image numbers behind Table 1 and the verdicts, recomputed from the run's logit cache.
+
+    For every blackout row: per-mask accuracies and the per-image (accuracy over masks) − (all kept)
+    differences; for the drop curve: per-image loss and accuracy increases at each fraction, `mean` and
+    `zero`, and the temperature null of `zero`. The masks are the ones `blackout_step` used (same seeds).
+    """
+    from .experiments import LogitCache, channel_per_image, per_image_scores
+
+    cache = LogitCache.load(run.run_dir / "cache" / f"{bagnet}_test_logits.pt")
+    seeds, curve_seeds = mask_seeds(run)
+    full_logits = cache.patch_logits.float().mean(dim=(2, 3))
+    full = correct(full_logits, cache.labels).numpy()
+    full_nll = nll(full_logits, cache.labels).numpy()
+    rows = {}
+    for label, reading, kind, frac, _ in BLACKOUT_ROWS:
+        if reading == "patch":
+            right = per_image_scores(cache, kind, [frac], seeds if kind == "random" else [0])[0][0].numpy()
+        else:
+            right = channel_per_image(cache, kind, frac, seeds).numpy()
+        rows[(reading, kind, frac)] = right  # [M, N]
+    curve_fracs = np.array([f for f in CURVE_FRACS if f > 0])
+    c_mean, n_mean = per_image_scores(cache, "random", curve_fracs, curve_seeds, "mean")
+    _, n_zero = per_image_scores(cache, "random", curve_fracs, curve_seeds, "zero")
+    temp = np.array([cross_entropy((1 - f) * full_logits.double(), cache.labels) for f in curve_fracs]) - full_nll.mean()
+    return {"full": full, "full_nll": full_nll, "rows": rows, "curve_fracs": curve_fracs,
+            "loss_mean": n_mean.double().mean(1).numpy() - full_nll, "loss_zero": n_zero.double().mean(1).numpy() - full_nll,
+            "acc_drop": full - c_mean.double().mean(1).numpy(), "temperature_null": temp}
+
+
+def table1_rows(run: Run, metrics: dict, evidence: dict, blackout: list[dict] = (), bagnet: str = "bagnet33") -> list[dict]:
+    """Table 1 as data: this run next to the paper, one row per setting and reading, intervals by method.
+
+    The paper's columns are always its BagNet-33 (it trained no other BagNet)."""
+    out = []
+    for m, paper_m in (("resnet50", "resnet50"), (bagnet, "bagnet33")):
+        label, bv, t = model_label(m), _best_val(run, m), metrics[m]["test"]
+        out.append({"setting": f"{label} (best validation epoch, {bv['epoch']})", "reading": "model",
+                    "acc": bv["acc"], "loss": bv["loss"], "paper_acc": PAPER_TABLE1[paper_m]["train"]["acc"],
+                    "paper_loss": PAPER_TABLE1[paper_m]["train"]["loss"], "split": "val"})
+        out.append({"setting": label, "reading": "model", "acc": t["acc"], "acc_ci": t["acc_ci"], "loss": t["loss"],
+                    "paper_acc": PAPER_TABLE1[paper_m]["test"]["acc"], "paper_loss": PAPER_TABLE1[paper_m]["test"]["loss"],
+                    "split": "test"})
+    full = evidence["full"].astype(float)
+    for label, reading, kind, frac, paper in BLACKOUT_ROWS:
+        correct = evidence["rows"][(reading, kind, frac)].astype(float)  # [M, N]
+        per_mask = correct.mean(axis=1)
+        diff = correct.mean(axis=0) - full
+        entry = find(blackout, kind if reading == "patch" else f"channel_{kind}", frac, model=bagnet)
+        out.append({"setting": f"{model_label(bagnet)}, {label}", "reading": reading, "kind": kind, "drop_frac": frac,
+                    "acc": float(per_mask.mean()), "n_masks": int(len(per_mask)),
+                    **({"loss": float(entry["loss_mean"])} if entry else {}),
+                    "mask_spread": list(spread(per_mask)) if len(per_mask) > 1 else None,
+                    "diff": float(diff.mean()), "diff_ci": list(bootstrap_ci(diff)),
+                    "paper_acc": PAPER_TABLE1[paper]["acc"], "paper_loss": PAPER_TABLE1[paper]["loss"],
+                    "split": "test"})
+    return out
+
+
+def build_verdicts(run: Run, evidence: dict, predictions: dict[str, pd.DataFrame], bagnet: str = "bagnet33") -> list[dict]:
+    """Each claim of the paper, in each reading that applies (see `verdicts`)."""
+    merged = predictions["resnet50"].merge(predictions[bagnet], on="path", suffixes=("_r", "_b"))
+    out = [V.claim_a(merged["correct_r"].to_numpy(), merged["correct_b"].to_numpy(), run.profile.pretrained, bagnet)]
+    rows = evidence["rows"]
+    r50 = {reading: rows[(reading, "random", 0.5)].mean(axis=1) for reading in ("patch", "channel")}
+    out.append(V.claim_b({"checkerboard": float(rows[("patch", "checkerboard", 0.5)].mean()),
+                          "raster": float(rows[("patch", "raster", 0.5)].mean())}, r50["patch"], "patch"))
+    out.append(V.claim_b({"channel index parity": float(rows[("channel", "alternating", 0.5)].mean())},
+                         r50["channel"], "channel"))
+    for reading in ("patch", "channel"):
+        out.append(V.claim_c(evidence["full"], rows[(reading, "random", 0.25)], reading))
+    out.append(V.claim_d(evidence["curve_fracs"], evidence["loss_mean"], evidence["loss_zero"],
+                         evidence["temperature_null"], evidence["acc_drop"]))
+    frontier = frontier_data(run)
+    if frontier is not None:
+        points, correct, costs = frontier
+        out.append(V.claim_e(points, correct, costs, bagnet))
+    return out
+
+
+def frontier_data(run: Run) -> tuple[list[dict], dict, dict] | None:
+    """The accuracy–compute points of notebook 04 (results/frontier.csv), their per-image correctness and costs."""
+    import torch
+
+    path = run.results / "frontier.csv"
+    if not path.is_file():
+        return None
+    points = pd.read_csv(path).to_dict("records")
+    correct = {int(k): v.numpy() for k, v in torch.load(run.run_dir / "cache" / "frontier_correct.pt",
+                                                        weights_only=True).items()}
+    return points, correct, json.loads((run.results / "frontier_costs.json").read_text())
+
+
+def leakage_note(run: Run) -> str | None:
+    """One paragraph on duplicates that cross the paper's split (results/leakage.csv from notebook 01)."""
+    path = run.results / "leakage.csv"
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    paper = df[df["split"].str.startswith("paper")]
+    row = (paper if not paper.empty else df[df["split"] == "this run"]).iloc[0]
+    return (f"Leakage: in {row['split']}, {int(row['duplicate_groups_across_splits'])} groups of identical or "
+            f"near-identical photos span more than one split ({int(row['groups_in_train_and_test'])} of them train "
+            f"and test), and {int(row['label_conflict_files_used'])} images are photos filed under two classes "
+            "(their label is unknowable). Both inflate or blur test accuracy a little; notebook 01 lists them, and "
+            "this project's own split (`data split`) keeps duplicates together and leaves conflicts out.")
+
+
+def run_setting(run: Run, bagnet: str) -> dict:
+    """What this run did, next to what the paper did: the first section of the write-up."""
+    from .models import build_model
+
+    p = run.profile
+    geometry = build_model(bagnet, len(run.classes), width=p.width).geometry
+    grid = geometry.grid_size(p.image_size, p.image_size)
+    split = json.loads((run.run_dir / "run.json").read_text()).get("manifest")
+    return {"pretrained": p.pretrained, "feature_extract": p.feature_extract, "image_size": p.image_size,
+            "train_crop": p.train_crop, "width": p.width, "epochs": {"resnet50": p.for_model("resnet50").epochs,
+                                                                    bagnet: p.for_model(bagnet).epochs},
+            "precision": p.precision, "grid": list(grid), "window_px": geometry.size,
+            "split": "the paper's (manifest)" if split else "this project's (duplicate-aware, seeded)",
+            "n_train": int((run.split["split"] == "train").sum()), "n_val": int((run.split["split"] == "val").sum()),
+            "n_test": int((run.split["split"] == "test").sum())}
+
+
+def build_summary(run: Run, bagnet: str | None = None) -> dict:
+    """The summary of a run: Table 1 numbers, every blackout setting, the frontier, the verdicts."""
+    bagnet = run.bagnet(bagnet)
+    models = ("resnet50", bagnet)
+    metrics = {m: json.loads((run.results / f"{m}_metrics.json").read_text()) for m in models}
+    runs = blackout_runs(run)
+    runs = runs[runs["model"].isin(models)]
+    summary: dict = {"profile": run.profile.name, "bagnet": bagnet, "pretrained": run.profile.pretrained,
+                     "synthetic_data": run.synthetic, "data_dir": display_path(run.data_dir),
+                     "seed": run.seed, "n_test": metrics[bagnet]["test"]["n"], "setting": run_setting(run, bagnet)}
+    for m, v in metrics.items():
+        summary[m] = {"train": {k: v["train"][k] for k in ("acc", "loss")},
+                      "best_val": _best_val(run, m),
+                      "test": {k: v["test"][k] for k in ("acc", "loss", "acc_ci", "loss_ci")},
+                      "best_epoch": v["best_epoch"], "train_seconds": v["train_seconds"]}
+    summary["blackout"] = blackout_summary(runs)
+    summary["drop_curve"] = drop_curve_summary(runs)
+    evidence = blackout_evidence(run, bagnet)
+    summary["table1"] = table1_rows(run, metrics, evidence, summary["blackout"], bagnet)
+    predictions = {m: pd.read_csv(run.results / f"{m}_test_predictions.csv") for m in models}
+    summary["verdicts"] = build_verdicts(run, evidence, predictions, bagnet)
+    frontier = frontier_data(run)
+    if frontier is not None:
+        summary["frontier"], summary["frontier_costs"] = frontier[0], frontier[2]
+    summary["leakage"] = leakage_note(run)
+    summary["pixel"] = pixel_tiles(run, bagnet)
+    return summary
+
+
+def write_summary(run: Run, bagnet: str | None = None) -> dict:
+    """Write results/summary.json (this module is its only writer) and return it. Introduced in notebook 05."""
+    summary = build_summary(run, bagnet)
+    write_json(run.results / "summary.json", summary)
+    return summary
