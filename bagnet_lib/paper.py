@@ -5,11 +5,9 @@ Introduced in notebook 05. Table 1 is copied as printed; `../shared/paper/README
 """
 from __future__ import annotations
 
-CS229_PAPER = ("Zou, Yan, Liu: CNN Image Recognition Architecture Simplification using Patch-Based Data "
-               "Reduction Techniques (Stanford CS229 project report)")
+CS229_TITLE = "CNN Image Recognition Architecture Simplification using Patch-Based Data Reduction Techniques"
 CS229_CODE_URL = "https://github.com/rui-yan/CS229-final-project"
-BAGNET_PAPER = ("Brendel & Bethge: Approximating CNNs with Bag-of-local-Features models works surprisingly well "
-                "on ImageNet (ICLR 2019)")
+BAGNET_TITLE = "Approximating CNNs with Bag-of-local-Features models works surprisingly well on ImageNet"
 BAGNET_PAPER_URL = "https://openreview.net/forum?id=SkfMWhAqYQ"
 BAGNET_CODE_URL = "https://github.com/wielandbrendel/bag-of-local-features-models"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .figures import caption, order, registered
 from .io import write_text
-from .paper import BAGNET_PAPER, BAGNET_PAPER_URL, CS229_CODE_URL, CS229_PAPER, model_label
+from .paper import BAGNET_PAPER_URL, BAGNET_TITLE, CS229_CODE_URL, CS229_TITLE, model_label
 from .pipeline import Run
 
 STRUCTURED_ROWS = (("center", "keep the centre, drop the outer ring"), ("border", "keep the border, drop the centre"),
@@ -142,12 +142,13 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
         lines += ["> **These numbers come from the embedded synthetic dataset** (no real flowers were found). "
                   "They exercise the pipeline and say nothing about the paper's claims.", ""]
     lines += ["## The question", "",
-              f"{CS229_PAPER} (code: {CS229_CODE_URL}) trains ResNet-50 and BagNet-33 — [{BAGNET_PAPER}]"
-              f"({BAGNET_PAPER_URL}): a ResNet-50 whose every output sees only a 33×33 px window, so it classifies "
-              "by averaging a grid of *patch logits* — on five classes of flowers, then \"blacks out\" patches at "
-              "test time (alternating, random 25/50/75 %) to ask how many patches a decision needs, hoping to save "
-              "computation. Its text drops patches; its code zeroed feature channels of the last layer. Each claim "
-              "below is tested in each reading that applies: `patch` (patch logits left out of the mean), "
+              f"The Stanford CS229 project report of Zou, Yan and Liu, *{CS229_TITLE}* ([code]({CS229_CODE_URL})), "
+              "trains ResNet-50 and BagNet-33 on five classes of flowers. BagNet-33 (Brendel & Bethge, "
+              f"[*{BAGNET_TITLE}*]({BAGNET_PAPER_URL}), ICLR 2019) is a ResNet-50 whose every output sees only a "
+              "33×33 px window: it classifies by averaging a grid of *patch logits*. The paper then \"blacks out\" "
+              "patches at test time (alternating, random 25/50/75 %) to ask how many patches a decision needs, hoping "
+              "to save computation. Its text drops patches; its code zeroed feature channels of the last layer. Each "
+              "claim below is tested in every reading that applies: `patch` (patch logits left out of the mean), "
               "`channel` (columns of `fc.weight` zeroed, what the code did), `model` (no blackout) and `compute` "
               "(FLOPs per image).", "",
               "## What this run did differently", ""] + setting_table(summary) + [""]

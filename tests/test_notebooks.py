@@ -153,6 +153,17 @@ def test_bagnet17_chosen_in_03_flows_through_04_and_05(tmp_path_factory, synthet
     assert set(pd.read_csv(run_dir / "results" / "blackout_paper.csv")["model"]) == {"bagnet17"}
     text = (run_dir / "REPORT.md").read_text()
     assert "(BagNet-17)" in text.splitlines()[0] and "| BagNet-17, random 25% | patch |" in text
+    # a second BagNet trained in the same run directory joins the frontier; bagnet9's windows are so small that
+    # computing only the kept patches is cheaper at every fraction
+    from bagnet_lib import pipeline
+
+    run = pipeline.prepare_run(run_dir, "smoke", progress=False)
+    pipeline.train_step(run, "bagnet9", progress=False)
+    both = pipeline.frontier_step(run, "bagnet17", progress=False)
+    assert set(both["model"]) == {"bagnet17", "bagnet9", "resnet50"}
+    costs = json.loads((run_dir / "results" / "frontier_costs.json").read_text())
+    assert costs["bagnet"] == "bagnet17" and set(costs["bagnets"]) == {"bagnet17", "bagnet9"}
+    assert costs["bagnets"]["bagnet9"]["break_even_keep_frac"] >= 1.0 > costs["bagnets"]["bagnet17"]["break_even_keep_frac"]
 
 
 @pytest.mark.slow
