@@ -67,7 +67,7 @@ def learning_curves(run: Run, model_name: str) -> Figure:
     """Train/val loss and accuracy per epoch (notebooks 02, 03)."""
     history = pd.read_csv(run.results / f"{model_name}_history.csv")
     return plots.plot_history(history, _out(run, f"{_nb(model_name)}_{model_name}_history.png"),
-                              f"{model_name}: learning curves ({run.profile.name} profile)")
+                              f"{model_label(model_name)}: learning curves ({run.profile.name} profile)")
 
 
 def confusion(run: Run, model_name: str) -> Figure:
@@ -75,7 +75,7 @@ def confusion(run: Run, model_name: str) -> Figure:
     metrics = json.loads((run.results / f"{model_name}_metrics.json").read_text())
     return plots.plot_confusion(metrics["test"]["confusion"], run.classes,
                                 _out(run, f"{_nb(model_name)}_{model_name}_confusion.png"),
-                                f"{model_name}: confusion matrix (test, accuracy {metrics['test']['acc']:.3f})")
+                                f"{model_label(model_name)}: confusion matrix (test, accuracy {metrics['test']['acc']:.3f})")
 
 
 def hardest_mistakes(run: Run, model_name: str, n: int = 6) -> list[int]:
@@ -102,7 +102,7 @@ def gradcam_mistakes(run: Run, model_name: str, n: int = 6) -> Figure:
     cams = grad_cam(model, x).cpu()
     return plot_gradcam_grid(images, cams, test.labels[idx], preds, run.classes,
                              _out(run, f"{_nb(model_name)}_{model_name}_gradcam.png"),
-                             f"{model_name}: Grad-CAM of its most confident mistakes", geometry=model.geometry)
+                             f"{model_label(model_name)}: Grad-CAM of its most confident mistakes", geometry=model.geometry)
 
 
 def receptive_field(run: Run, model_name: str = "bagnet33", index: int = 0) -> Figure:
@@ -113,7 +113,7 @@ def receptive_field(run: Run, model_name: str = "bagnet33", index: int = 0) -> F
     image = eval_batch(test, run.profile.image_size)[index]
     geometry = run.model(model_name, best=False).geometry
     return plot_receptive_field(image, geometry, out=_out(run, f"03_{model_name}_receptive_field.png"),
-                                title=f"{model_name} at {run.profile.image_size} px")
+                                title=f"{model_label(model_name)} at {run.profile.image_size} px")
 
 
 def patch_evidence(run: Run, model_name: str = "bagnet33", n: int = 4) -> Figure:

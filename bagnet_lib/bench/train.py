@@ -206,6 +206,7 @@ def run(quick: bool = False) -> dict:
         "data": source,
         "train_images": len(data),
         "image_size": profile.image_size,
+        "train_crop": profile.train_crop,  # what a training step sees (the profile's train_size, else image_size)
         "width": profile.width,
         "batch_size": profile.batch_size,
         "profile_precision": profile.precision,
@@ -231,7 +232,7 @@ def run(quick: bool = False) -> dict:
 def format_table(result: dict) -> str:
     """The result as the README's table (Markdown)."""
     r = result
-    lines = [f"`cpu` profile's step ({r['image_size']} px, width {r['width']}, batch {r['batch_size']}, "
+    lines = [f"`cpu` profile's training step ({r.get('train_crop', r['image_size'])} px crops, width {r['width']}, batch {r['batch_size']}, "
              f"{r['torch_threads']} threads, {r['data']} data{', quick run' if r.get('quick') else ''}); matmul peak "
              f"of this run: **{r['peak_gflops']['fp32']:.0f} GFLOP/s fp32, {r['peak_gflops']['bf16']:.0f} GFLOP/s "
              "bf16** (2048×2048 `torch.mm`).", "",
