@@ -16,6 +16,7 @@ import torch
 
 from bagnet_lib.bench import sweep as bench_sweep
 from bagnet_lib.bench import train as bench_train
+from bagnet_lib.profiles import get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,8 @@ def test_sweep_quick_structure(sweep_result):
     s = bench_sweep._settings(True)
     assert r["configs"] == s["n_fracs"] * s["n_seeds"] * len(bench_sweep.AGGREGATIONS) == 100
     assert r["recompute_configs_timed"] >= 3
-    assert (r["images"], r["image_size"], r["width"]) == (32, 112, 0.25)
+    cpu = get_profile("cpu")  # the quick run keeps the cpu profile's resolution and width
+    assert (r["images"], r["image_size"], r["width"]) == (32, cpu.image_size, cpu.width)
     for key in ("recompute_s_per_config", "sweep_s_per_config", "speedup", "cache_s", "sweep_s"):
         assert _positive_finite(r[key]), key
     assert all(_positive_finite(t) for t in r["recompute_s"] + r["sweep_runs_s"])
