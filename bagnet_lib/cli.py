@@ -120,6 +120,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             write_json(args.json, result)
             print(f"written to {args.json}")
+            if args.name == "sparse":  # its figure beside the JSON (the README shows results/bench/sparse.png)
+                bench.plot_sparse(result, Path(args.json).with_suffix(".png"))
+                print(f"figure written to {Path(args.json).with_suffix('.png')}")
         if args.readme:
             if args.name not in ("train", "precision"):
                 raise UserError(f"--readme is for `bench train` and `bench precision` (`bench {args.name}` has no "

@@ -58,13 +58,6 @@ def find(blackout: list[dict], kind: str, frac: float, agg: str = "mean", model:
     return None
 
 
-def paired_accuracy_difference(a: pd.DataFrame, b: pd.DataFrame) -> dict:
-    """Accuracy of `b` minus `a` on the same test images (by path), with a paired image-bootstrap 95 % interval."""
-    merged = a.merge(b, on="path", suffixes=("_a", "_b"))
-    diff = merged["correct_b"].astype(float).to_numpy() - merged["correct_a"].astype(float).to_numpy()
-    return {"diff": float(diff.mean()), "ci": list(bootstrap_ci(diff)), "n": int(len(diff))}
-
-
 # The rows of Table 1 that involve blackout: (label, reading, kind, fraction, the paper's column).
 BLACKOUT_ROWS = (
     ("alternating: checkerboard (spatial)", "patch", "checkerboard", 0.5, "alternating"),

@@ -229,3 +229,11 @@ def test_bench_quick_table_and_plot(quick_result, tmp_path):
     fig = bench.plot_sparse(quick_result, out)
     assert out.exists() and out.stat().st_size > 1000
     assert len(fig.axes) == 2
+    # the command writes the figure beside its JSON
+    import json
+
+    from bagnet_lib.cli import main
+
+    (tmp_path / "in.json").write_text(json.dumps(quick_result))
+    assert main(["bench", "sparse", "--from-json", str(tmp_path / "in.json"), "--json", str(tmp_path / "out.json")]) == 0
+    assert (tmp_path / "out.png").stat().st_size > 1000

@@ -52,10 +52,6 @@ def _shade(c: Color, f: float) -> Color:
     return tuple(int(min(255.0, max(0.0, x * f))) for x in c)  # type: ignore[return-value]
 
 
-def _mix(a: Color, b: Color, t: float) -> Color:
-    return tuple(int(x * (1 - t) + y * t + 0.5) for x, y in zip(a, b))  # type: ignore[return-value]
-
-
 def _warm_hue(rng: np.random.Generator) -> float:
     """Red, pink, magenta or purple: shared by roses and tulips so hue does not separate them."""
     band = rng.integers(3)

@@ -161,13 +161,6 @@ def normalize(batch_uint8: Tensor) -> Tensor:
     return (batch_uint8.float() / 255.0 - mean) / std
 
 
-def denormalize(batch: Tensor) -> Tensor:
-    """Inverse of `normalize`, to floats in [0, 1] for display."""
-    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
-    return (batch * std + mean).clamp(0, 1)
-
-
 def eval_batch(data: ImageTensors, size: int) -> Tensor:
     """All images of `data` after the eval transform, stacked as uint8 [N, 3, size, size]."""
     return torch.stack([eval_transform(img, size) for img in data.images])
