@@ -195,7 +195,7 @@ def run_setting(run: Run, bagnet: str) -> dict:
             "train_crop": p.train_crop, "width": p.width, "epochs": {"resnet50": p.for_model("resnet50").epochs,
                                                                     bagnet: p.for_model(bagnet).epochs},
             "precision": p.precision, "grid": list(grid), "window_px": geometry.size,
-            "split": "the paper's (manifest)" if split else "this project's (duplicate-aware, seeded)",
+            "split": "the paper's split (its manifest)" if split else "this project's split (duplicate-aware, seeded)",
             "n_train": int((run.split["split"] == "train").sum()), "n_val": int((run.split["split"] == "val").sum()),
             "n_test": int((run.split["split"] == "test").sum())}
 
