@@ -152,9 +152,12 @@ def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:
     figs, res = repo / "figures" / profile, repo / "results" / profile
     for src, dst, pattern in ((run_dir / "figures", figs, "*.png"), (run_dir / "results", res, "*")):
         dst.mkdir(parents=True, exist_ok=True)
-        for f in sorted(src.glob(pattern)):
-            if f.is_file():
-                shutil.copy2(f, dst / f.name)
+        new = {f.name for f in src.glob(pattern) if f.is_file()}
+        for old in dst.glob(pattern):  # the published run is replaced, not merged: no file of an older run stays
+            if old.is_file() and old.name not in new | {"REPORT.md"}:
+                old.unlink()
+        for name in sorted(new):
+            shutil.copy2(src / name, dst / name)
     report = (run_dir / "REPORT.md").read_text().replace("](figures/", f"](figures/{profile}/")
     write_text(res / "REPORT.md", report.replace(f"](figures/{profile}/", f"](../../figures/{profile}/"))
     if profile == "cpu":  # the reference run: top-level REPORT.md and the README's results and timings

@@ -224,6 +224,12 @@ def test_publish_copies_real_runs_and_refuses_smoke_or_synthetic(tmp_path):
     assert (repo / "results" / "cpu" / "summary.json").is_file()
     assert "](figures/cpu/04_drop_curve.png)" in (repo / "REPORT.md").read_text()
     assert "](../../figures/cpu/04_drop_curve.png)" in (repo / "results" / "cpu" / "REPORT.md").read_text()
+    # a later publication replaces the earlier one: a file the new run does not make is gone
+    (repo / "results" / "cpu" / "blackout_runs.csv").write_text("an older run's table")
+    (repo / "figures" / "cpu" / "04_old_figure.png").write_bytes(b"\x89PNG old")
+    publish(fake_run("d", "cpu", False), repo)
+    assert sorted(p.name for p in (repo / "results" / "cpu").iterdir()) == ["REPORT.md", "summary.json"]
+    assert sorted(p.name for p in (repo / "figures" / "cpu").iterdir()) == ["04_drop_curve.png"]
 
 
 @pytest.mark.slow
