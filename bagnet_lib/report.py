@@ -15,19 +15,12 @@ from .figures import caption, order, registered
 from .io import write_text
 from .paper import BAGNET_PAPER_URL, BAGNET_TITLE, CS229_CODE_URL, CS229_TITLE, model_label
 from .pipeline import Run
+from .summary import find
 
 STRUCTURED_ROWS = (("center", "keep the centre, drop the outer ring"), ("border", "keep the border, drop the centre"),
                    ("topk", "keep the most confident patches (an oracle: ranked by the full-image prediction)"),
                    ("bottomk", "keep the least confident patches (likewise an oracle)"),
                    ("random", "random (30+ masks, for reference)"))
-
-
-def find(blackout: list[dict], kind: str, frac: float, agg: str = "mean", model: str = "bagnet33") -> dict | None:
-    """The summary entry of one blackout setting, or None."""
-    for b in blackout:
-        if b["kind"] == kind and abs(b["drop_frac"] - frac) < 1e-9 and b["aggregation"] == agg and b["model"] == model:
-            return b
-    return None
 
 
 def structured_table(blackout: list[dict], bagnet: str = "bagnet33") -> list[str]:
