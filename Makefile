@@ -10,6 +10,7 @@ STAMP      := $(VENV)/.installed
 PROFILE    ?= cpu
 SEED       ?= 0
 BAGNET     ?= bagnet33
+SEEDS      ?= 1 2
 RUN_DIR    ?= runs/$(PROFILE)
 SHARED_DATA     := ../shared/data/flowers
 SHARED_MANIFEST := ../shared/data/flowers_paper_split.csv
@@ -23,13 +24,14 @@ MANIFEST_ABS = $(if $(MANIFEST),$(abspath $(MANIFEST)))
 MANIFEST   ?= $(if $(and $(DATA),$(filter $(abspath $(DATA)),$(abspath $(SHARED_DATA)))),$(wildcard $(SHARED_MANIFEST)),)
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast lint test-browser reproduce lab clean
+.PHONY: help setup test test-fast lint test-browser reproduce seeds lab clean
 
 help:
 	@echo "make test        create .venv, install, run ruff, then pytest (all but the browser test)"
 	@echo "make test-fast   the quick lane: pytest without the tests marked slow (under a minute)"
 	@echo "make test-browser  the blackout explorer in JupyterLab, driven in headless Chromium (needs chromium on PATH)"
 	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR), BAGNET=$(BAGNET))"
+	@echo "make seeds       after make reproduce: the course again with training seeds $(SEEDS) beside $(RUN_DIR), the seed table in its report (about 50 min a seed at the cpu profile; resumable)"
 	@echo "make lab         open JupyterLab in this environment"
 
 setup: $(STAMP)
@@ -65,6 +67,11 @@ reproduce: $(STAMP)
 	@echo ">>> running the experiment: profile $(PROFILE), run directory $(RUN_DIR), data $(or $(DATA),<none found>)$(if $(MANIFEST), with the paper's split $(MANIFEST))"
 	$(PY) -m bagnet_lib reproduce --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED) --bagnet $(BAGNET) \
 		$(if $(DATA),--data-dir $(DATA)) $(if $(MANIFEST),--manifest $(MANIFEST)) $(if $(filter-out smoke,$(PROFILE)),--publish)
+
+# The seed study: the same course with more training seeds, each in $(RUN_DIR)-seedN, then results/seeds.csv and
+# the write-up of $(RUN_DIR) again with the seed table. Resumable: run it again after an interruption.
+seeds: $(STAMP)
+	$(PY) -m bagnet_lib seeds --run-dir $(RUN_DIR) --seeds $(SEEDS) $(if $(filter-out smoke,$(PROFILE)),--publish)
 
 lab: $(STAMP)
 	@echo ">>> JupyterLab with BAGNET_DATA=$(DATA) BAGNET_MANIFEST=$(MANIFEST) (the same data and split as make reproduce)"

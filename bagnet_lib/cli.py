@@ -1,4 +1,4 @@
-"""`python -m bagnet_lib …`: data download|audit|split|synthetic, train, cache-logits, sweep, reproduce.
+"""`python -m bagnet_lib …`: data download|audit|split|synthetic, train, cache-logits, sweep, reproduce, seeds.
 
 A user error exits with status 2 and a one-paragraph message, never a traceback.
 """
@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--publish", action="store_true",
                    help="copy the finished run into figures/<profile>/ and results/<profile>/ (never for smoke or "
                         "synthetic-data runs)")
+    e = sub.add_parser("seeds", help="the seed study: the course again with more training seeds beside a finished "
+                                     "run, its results/seeds.csv, and its write-up (notebook 05) redone with the table")
+    e.add_argument("--run-dir", default=None, help="the finished run (default runs/<profile>); seed N goes to "
+                                                   "<run-dir>-seedN")
+    e.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="only names the default run directory")
+    e.add_argument("--seeds", nargs="+", type=int, default=[1, 2],
+                   help="training seeds to add to the run's own (default 1 2: three seeds in all)")
+    e.add_argument("--publish", action="store_true", help="publish the run again afterwards (as reproduce --publish)")
     return parser
 
 
@@ -150,6 +158,12 @@ def _run(args: argparse.Namespace) -> int:
 
         reproduce(args.profile, args.run_dir, args.data_dir, args.manifest, args.seed,
                   publish_to=REPO if args.publish else None, resume=args.resume, bagnet=args.bagnet)
+        return 0
+    if args.command == "seeds":
+        from .runner import REPO, seed_study
+
+        table = seed_study(args.run_dir or f"runs/{args.profile}", args.seeds, publish_to=REPO if args.publish else None)
+        print(table[["seed", "resnet50_test_acc", "bagnet_test_acc", "gap", "patch_random25_change"]].to_string(index=False))
         return 0
     run = pipeline.prepare_run(args.run_dir, args.profile, args.data_dir, args.manifest, args.seed, progress=progress)
     run.results.mkdir(parents=True, exist_ok=True)

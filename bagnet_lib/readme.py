@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .io import write_text
 from .paper import model_label
-from .report import table1, verdict_lines
+from .report import seed_table, table1, verdict_lines
 
 NOTEBOOK_LABELS = {"01_data_exploration.ipynb": "01 data", "02_train_resnet50.ipynb": "02 ResNet-50",
                    "03_train_bagnet.ipynb": "03 BagNet", "04_blackout_experiments.ipynb": "04 blackout",
@@ -31,6 +31,11 @@ def results_block(summary: dict, timings: dict | None = None) -> str:
              "Table 1, this run next to the paper's (the paper fine-tuned ImageNet-pretrained networks; this run "
              "trains from scratch, so absolute accuracies are not expected to match):", ""]
     lines += table1(summary)
+    if summary.get("seeds"):
+        n = summary["seeds"]["spread"]["n"]
+        lines += ["", f"The seed study: {n} training seeds of this course (`results/{name}/seeds.csv`, written by "
+                  "`make seeds`), each with its test accuracies and the change each blackout causes:", ""]
+        lines += seed_table(summary)
     lines += ["", "The paper's claims, one verdict per claim and reading, each with the numbers it rests on "
               "(definitions and figures in REPORT.md):", ""]
     lines += verdict_lines(summary)

@@ -88,6 +88,50 @@ def verdict_lines(summary: dict, claims: str = "abcde") -> list[str]:
     return out
 
 
+SEED_COLUMNS = ("resnet50_test_acc", "bagnet_test_acc", "gap", "patch_random25_change", "patch_random50_change",
+                "patch_random75_change", "channel_random25_change", "channel_random50_change", "pixel50_bagnet_change",
+                "pixel50_resnet50_change", "loss_null_c", "bagnet_pareto_points")
+
+
+def seed_table(summary: dict) -> list[str]:
+    """The seed study: one row per training seed, then mean, sd and the Student-t interval over seeds, then which
+    verdicts the seeds share. Empty without a seed study."""
+    from .seeds import NUMBERS, VERDICTS
+
+    study = summary.get("seeds")
+    if not study:
+        return []
+    B, sp = model_label(summary["bagnet"]), study["spread"]
+
+    def cell(col: str, v: float) -> str:
+        if col == "bagnet_pareto_points":
+            return f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
+        if col == "loss_null_c":
+            return f"{v:.4f}"
+        return f"{v:+.3f}" if col.endswith("change") or col == "gap" else f"{v:.3f}"
+
+    head = [NUMBERS[c].replace("BagNet", B) for c in SEED_COLUMNS]
+    lines = ["| seed | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
+    for r in study["rows"]:
+        lines.append(f"| {r['seed']} | " + " | ".join(cell(c, r[c]) for c in SEED_COLUMNS) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{cell(c, sp['mean'][c])}**" for c in SEED_COLUMNS) + " |")
+    lines.append("| sd | " + " | ".join(f"{sp['sd'][c]:.3f}" if c != "loss_null_c" else f"{sp['sd'][c]:.4f}"
+                                        for c in SEED_COLUMNS) + " |")
+    lines.append("| 95% CI (t, seeds) | " + " | ".join(
+        "[" + ", ".join(cell(c, x) for x in sp["t_ci"][c]) + "]" for c in SEED_COLUMNS) + " |")
+    shared = "; ".join(f"{VERDICTS[c][0]} {VERDICTS[c][1]}: {v}" for c, v in sp["verdicts_shared"].items())
+    differ = "; ".join(f"{VERDICTS[c][0]} {VERDICTS[c][1]}: " + ", ".join(f"seed {s} {v}" for s, v in by_seed.items())
+                       for c, by_seed in sp["verdicts_differ"].items())
+    lines += ["", f"Test accuracy and, for a blackout, its change from the same network with nothing dropped (masked − "
+              f"all kept, mean over masks; patch: {B}'s patch logits left out of the mean; channel: `fc.weight` columns "
+              "zeroed; pixel: image tiles painted grey), per training seed of the same course; (d) c is the averaging "
+              "null's constant (loss increase ≈ c·f/(1−f)). The mean's interval is a Student-t interval over the "
+              f"{sp['n']} seeds (wide with so few); a single seed's intervals above are over test images.", "",
+              f"Verdicts every seed shares: {shared or 'none'}." + (f" Verdicts that differ: {differ}." if differ else
+                                                                    " No verdict differs between the seeds.")]
+    return lines
+
+
 def setting_table(summary: dict) -> list[str]:
     """What the paper did next to what this run did: the settings every number below depends on."""
     s, b = summary["setting"], summary["bagnet"]
@@ -160,6 +204,9 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
               "traced to one published run.", ""]
     lines += fig("02_resnet50_history.png", f"03_{b}_history.png")
     lines += [f"## Claim (a): is {B} comparable to ResNet-50?", ""] + verdict_lines(summary, "a") + [""]
+    if summary.get("seeds"):
+        n = summary["seeds"]["spread"]["n"]
+        lines += [f"### How much is luck? {n} training seeds", ""] + seed_table(summary) + [""]
     lines += fig("02_resnet50_confusion.png", f"03_{b}_confusion.png")
     lines += ["## Claims (b) and (c): blackout at the paper's settings", "",
               "Test accuracy, mean over masks (pixel blackout: over seeds), and in brackets the change from the same "
@@ -210,9 +257,12 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
                   "BagNet are measured by `python -m bagnet_lib bench sparse` (`results/bench/sparse.json`).", ""]
         lines += frontier_table(summary["frontier"]) + [""] + verdict_lines(summary, "e") + [""]
         lines += fig("04_frontier.png")
+    study = (summary.get("seeds") or {}).get("spread")
     lines += ["## Limitations", "",
-              "- One training run per network (the seed above): no interval here covers a second training run, so "
-              "the gap between the networks mixes architecture and luck.",
+              (f"- {study['n']} training seeds per network (the seed table under claim (a)); every other section shows "
+               f"seed {summary['seed']} alone, and its intervals cover test images and masks, not training runs." if study
+               else "- One training run per network (the seed above): no interval here covers a second training run, "
+               "so the gap between the networks mixes architecture and luck."),
               "- " + ("ImageNet-pretrained backbones, as in the paper." if summary["pretrained"] else
                       "Trained from scratch on about 3,000 images, unlike the paper's ImageNet-pretrained backbones: "
                       "absolute accuracies are not expected to match, and claim (a) tests a different comparison."),
@@ -225,7 +275,8 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
               "## What to do next", "",
               "- Run the `paper` profile where ImageNet weights can be downloaded, to test the claims in the paper's "
               "own setting.",
-              "- Train with several seeds to separate the architecture from the luck of one run.",
+              *([] if study else ["- Train with several seeds (`make seeds`) to separate the architecture from the "
+                                  "luck of one run."]),
               "- Change `MODEL` in notebook 03 to `bagnet17` or `bagnet9`: smaller windows make sparse evaluation "
               "cheaper and the drop curve steeper or flatter (the frontier shows both).", ""]
     rest = sorted((n for n in available if n not in embedded), key=order)

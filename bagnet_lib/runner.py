@@ -8,6 +8,9 @@ name and failing cell; its executed copy (with the traceback) is kept.
 `publish` copies a finished run into the repository's `figures/<profile>/` and `results/<profile>/`
 (and REPORT.md at the top level for the `cpu` profile); smoke runs and synthetic-data runs are never
 published, so they cannot overwrite the committed reference results.
+
+`seed_study` (`python -m bagnet_lib seeds`, `make seeds`) runs the same course with more training seeds beside a
+finished run and adds their table to its write-up.
 """
 from __future__ import annotations
 
@@ -15,9 +18,13 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .io import write_json, write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -87,6 +94,13 @@ def run_notebook(name: str, run_dir: Path, parameters: dict, timeout: int = 4 * 
     return time.perf_counter() - t0
 
 
+def course_parameters(profile: str, run_dir: Path, data_dir: str | Path | None, manifest: str | Path | None,
+                      seed: int) -> dict:
+    """The parameters every notebook of one run receives (each takes the ones it declares)."""
+    return {"PROFILE": profile, "RUN_DIR": str(run_dir), "DATA_DIR": str(Path(data_dir).resolve()) if data_dir else None,
+            "MANIFEST": str(Path(manifest).resolve()) if manifest else None, "SEED": seed}
+
+
 def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir: str | Path | None = None,
               manifest: str | Path | None = None, seed: int = 0, notebooks: tuple[str, ...] = NOTEBOOKS,
               extra_parameters: dict | None = None, publish_to: str | Path | None = None,
@@ -111,8 +125,7 @@ def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir:
         data_dir, synthetic = choose_data(data_dir)
     if synthetic:
         print(SYNTHETIC_BANNER, flush=True)
-    params = {"PROFILE": profile, "RUN_DIR": str(run_dir), "DATA_DIR": str(Path(data_dir).resolve()) if data_dir else None,
-              "MANIFEST": str(Path(manifest).resolve()) if manifest else None, "SEED": seed, **(extra_parameters or {})}
+    params = {**course_parameters(profile, run_dir, data_dir, manifest, seed), **(extra_parameters or {})}
     timings_path = run_dir / "results" / "timings.json"
     previous = json.loads(timings_path.read_text()) if resume and timings_path.is_file() else {}
     timings: dict[str, float] = {}
@@ -135,6 +148,42 @@ def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir:
     if publish_to is not None:
         publish(run_dir, publish_to)
     return timings
+
+
+def seed_study(run_dir: str | Path, seeds: list[int], publish_to: str | Path | None = None,
+               cell_timeout: int = 4 * 3600, notebook_dir: str | Path = NOTEBOOK_DIR) -> pd.DataFrame:
+    """The seed study of a finished run: more training seeds of the same course, its seed table, its write-up again.
+
+    For each seed in `seeds` other than the run's own, the whole course runs in `seeds.seed_run_dir(run_dir, seed)`
+    (`runs/cpu-seed1`, …) with the run's profile, data, split and BagNet; it resumes like `reproduce --resume`
+    (finished notebooks are skipped, training restarts after its last complete epoch), so the study can run in
+    pieces. Then RUN_DIR/results/seeds.csv is written and notebook 05 runs again in RUN_DIR, so that summary.json
+    and REPORT.md include the table (and claim (a) cites it). Returns the table.
+    """
+    from .seeds import seed_run_dir, write_seeds
+
+    run_dir, notebook_dir = Path(run_dir).resolve(), Path(notebook_dir)
+    meta_path, summary_path = run_dir / "run.json", run_dir / "results" / "summary.json"
+    if not (meta_path.is_file() and summary_path.is_file()):
+        raise UserError(f"{run_dir} holds no finished run ({meta_path.name} or results/{summary_path.name} is missing): "
+                        "a seed study adds seeds to a finished course. Run `make reproduce` (or `python -m bagnet_lib "
+                        f"reproduce --run-dir {run_dir}`) first, then the seed study with the same run directory.")
+    meta = json.loads(meta_path.read_text())
+    profile, data_dir, manifest = meta["profile"]["name"], meta["data_dir"], meta.get("manifest")
+    bagnet = json.loads(summary_path.read_text())["bagnet"]
+    others = [s for s in dict.fromkeys(seeds) if s != meta["seed"]]
+    for seed in others:
+        print(f"[seeds] training seed {seed} of the {profile} course in {seed_run_dir(run_dir, seed)}", flush=True)
+        reproduce(profile, seed_run_dir(run_dir, seed), data_dir, manifest, seed, cell_timeout=cell_timeout,
+                  resume=True, notebook_dir=notebook_dir, bagnet=bagnet)
+    table = write_seeds(run_dir, [seed_run_dir(run_dir, s) for s in others])
+    print(f"[seeds] {len(table)} seeds in {run_dir / 'results' / 'seeds.csv'}; the write-up again, with the table", flush=True)
+    # timings.json keeps the course's own times (the seed table's course_minutes read it): this rerun is not timed
+    run_notebook(NOTEBOOKS[-1], run_dir, course_parameters(profile, run_dir, data_dir, manifest, meta["seed"]),
+                 timeout=cell_timeout, notebook_dir=notebook_dir)
+    if publish_to is not None:
+        publish(run_dir, publish_to)
+    return table
 
 
 def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:

@@ -2,7 +2,8 @@
 
 Everything is read from the run directory, and only from it: metrics and histories (notebooks 02, 03), the
 blackout tables and the logit cache (04; the per-image numbers behind every interval are recomputed from the
-cache with the same masks), the frontier (04) and the leakage table (01). The paper's own numbers come from
+cache with the same masks), the frontier (04), the leakage table (01) and, when other training seeds of the same
+course were run, the seed study (results/seeds.csv, written by `seeds`). The paper's own numbers come from
 `paper`; the verdicts from `verdicts`. `report` renders this summary as REPORT.md.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .io import display_path, write_json
 from .metrics import correct, cross_entropy, nll
 from .paper import PAPER_FRACS, PAPER_TABLE1, model_label
 from .pipeline import CURVE_FRACS, Run, blackout_runs, mask_seeds, pixel_tiles
+from .seeds import seeds_summary
 from .stats import bootstrap_ci, spread
 
 
@@ -134,10 +136,14 @@ def table1_rows(run: Run, metrics: dict, evidence: dict, blackout: list[dict] = 
     return out
 
 
-def build_verdicts(run: Run, evidence: dict, predictions: dict[str, pd.DataFrame], bagnet: str = "bagnet33") -> list[dict]:
-    """Each claim of the paper, in each reading that applies (see `verdicts`)."""
+def build_verdicts(run: Run, evidence: dict, predictions: dict[str, pd.DataFrame], bagnet: str = "bagnet33",
+                   seed_study: dict | None = None) -> list[dict]:
+    """Each claim of the paper, in each reading that applies (see `verdicts`); claim (a) cites the seed study's
+    spread when there is one."""
     merged = predictions["resnet50"].merge(predictions[bagnet], on="path", suffixes=("_r", "_b"))
-    out = [V.claim_a(merged["correct_r"].to_numpy(), merged["correct_b"].to_numpy(), run.profile.pretrained, bagnet)]
+    gaps = {int(r["seed"]): float(r["gap"]) for r in seed_study["rows"]} if seed_study else None
+    out = [V.claim_a(merged["correct_r"].to_numpy(), merged["correct_b"].to_numpy(), run.profile.pretrained, bagnet,
+                     seed_gaps=gaps)]
     rows = evidence["rows"]
     r50 = {reading: rows[(reading, "random", 0.5)].mean(axis=1) for reading in ("patch", "channel")}
     out.append(V.claim_b({"checkerboard": float(rows[("patch", "checkerboard", 0.5)].mean()),
@@ -220,12 +226,16 @@ def build_summary(run: Run, bagnet: str | None = None) -> dict:
     evidence = blackout_evidence(run, bagnet)
     summary["table1"] = table1_rows(run, metrics, evidence, summary["blackout"], bagnet)
     predictions = {m: pd.read_csv(run.results / f"{m}_test_predictions.csv") for m in models}
-    summary["verdicts"] = build_verdicts(run, evidence, predictions, bagnet)
+    seed_study = seeds_summary(run.run_dir, {"seed": run.seed, "resnet50_test_acc": metrics["resnet50"]["test"]["acc"],
+                                             "bagnet_test_acc": metrics[bagnet]["test"]["acc"]})  # `make seeds`
+    summary["verdicts"] = build_verdicts(run, evidence, predictions, bagnet, seed_study)
     frontier = frontier_data(run)
     if frontier is not None:
         summary["frontier"], summary["frontier_costs"] = frontier[0], frontier[2]
     summary["leakage"] = leakage_note(run)
     summary["pixel"] = pixel_tiles(run, bagnet)
+    if seed_study is not None:
+        summary["seeds"] = seed_study
     return summary
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .paper import model_label
-from .stats import bootstrap_ci, bootstrap_statistic_ci, spread
+from .stats import bootstrap_ci, bootstrap_statistic_ci, spread, t_interval
 
 COMPARABLE_MARGIN = 0.05  # (a) "comparable": the image-bootstrap interval of the difference lies within ±5 points
 NO_LOSS_MARGIN = 0.01  # (c) "without loss of accuracy": the masked − full interval stays above −1 point
@@ -35,30 +35,52 @@ def _ci(ci) -> str:
 
 
 # --------------------------------------------------------------------------- (a)
-def claim_a(resnet_correct: np.ndarray, bagnet_correct: np.ndarray, pretrained: bool, bagnet: str = "bagnet33") -> dict:
-    """(a) the BagNet is comparable to ResNet-50: paired image bootstrap of the accuracy difference."""
+def seed_spread_text(gaps: dict[int, float], label: str) -> str:
+    """The gap over training seeds in words: each seed, the mean, the sd and the Student-t interval over seeds."""
+    v = np.array(list(gaps.values()), float)
+    lo, hi = t_interval(v)
+    each = ", ".join(f"seed {s}: {g:+.3f}" for s, g in gaps.items())
+    return (f"over {v.size} training seeds ({each}) {label} − ResNet-50 = {v.mean():+.3f} on average, sd "
+            f"{v.std(ddof=1):.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}] (Student t over the {v.size} seeds)")
+
+
+def claim_a(resnet_correct: np.ndarray, bagnet_correct: np.ndarray, pretrained: bool, bagnet: str = "bagnet33",
+            seed_gaps: dict[int, float] | None = None) -> dict:
+    """(a) the BagNet is comparable to ResNet-50: paired image bootstrap of the accuracy difference.
+
+    With `seed_gaps` (the difference of each training seed of a seed study, `seeds`), the evidence also gives the
+    spread over seeds, and a pretrained verdict needs both intervals (test images, seeds) within the margin.
+    """
     label = model_label(bagnet)
     claim = f"(a) {label} is comparable to ResNet-50"
     diff = np.asarray(bagnet_correct, float) - np.asarray(resnet_correct, float)
     d, ci = float(diff.mean()), bootstrap_ci(diff)
     evidence = (f"test accuracy {label} − ResNet-50 = {d:+.3f}, 95% CI {_ci(ci)} (bootstrap over the "
                 f"{diff.size} test images, paired)")
+    numbers = {"diff": d, "ci": list(ci), "n": int(diff.size)}
+    seeds = len(seed_gaps) if seed_gaps and len(seed_gaps) > 1 else 0
+    hull = ci
+    if seeds:
+        evidence += "; " + seed_spread_text(seed_gaps, label)
+        seed_ci = t_interval(list(seed_gaps.values()))
+        numbers.update(seed_gaps={int(s): float(g) for s, g in seed_gaps.items()}, seed_ci=list(seed_ci))
+        hull = (min(ci[0], seed_ci[0]), max(ci[1], seed_ci[1]))
     if not pretrained:
+        runs = f"{seeds} training seeds" if seeds else "one seed"
         return _verdict(claim, "model", "not tested in the paper's setting",
                         evidence + "; trained from scratch here",
                         "the paper compared ImageNet-pretrained networks with a retrained last layer; this run "
-                        "trains both from scratch with one seed, which tests how fast each architecture learns "
-                        "from the training split alone, not the paper's comparison", diff=d, ci=list(ci),
-                        n=int(diff.size))
-    if -COMPARABLE_MARGIN <= ci[0] and ci[1] <= COMPARABLE_MARGIN:
+                        f"trains both from scratch with {runs}, which tests how fast each architecture learns "
+                        "from the training split alone, not the paper's comparison", **numbers)
+    if -COMPARABLE_MARGIN <= hull[0] and hull[1] <= COMPARABLE_MARGIN:
         v = "supported"
-    elif ci[1] < -COMPARABLE_MARGIN or ci[0] > COMPARABLE_MARGIN:
+    elif hull[1] < -COMPARABLE_MARGIN or hull[0] > COMPARABLE_MARGIN:
         v = "not supported"
     else:
         v = "inconclusive"
-    return _verdict(claim, "model", v,
-                    evidence + f"; 'comparable' means the interval lies within ±{COMPARABLE_MARGIN:.2f}",
-                    diff=d, ci=list(ci), n=int(diff.size))
+    within = "the interval lies" if not seeds else "both intervals (test images, seeds) lie"
+    return _verdict(claim, "model", v, evidence + f"; 'comparable' means {within} within ±{COMPARABLE_MARGIN:.2f}",
+                    **numbers)
 
 
 # --------------------------------------------------------------------------- (b)

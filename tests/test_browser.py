@@ -10,8 +10,9 @@ nothing. Screenshots go to `<run>/browser/`; the server is stopped whatever happ
 
 Needs Debian's `chromium` on PATH and `playwright` (PyPI; its own browser download is not used).
 Without them the test skips and says which is missing. `make test-browser` runs it;
-`BAGNET_EXPLORER_FIGURE=figures/explorer_jupyterlab.png make test-browser` also refreshes the README's
-screenshot.
+`BAGNET_EXPLORER_FIGURE=figures/explorer_jupyterlab.png BAGNET_EXPLORER_RUN_DIR=runs/cpu make test-browser` also
+refreshes the README's screenshot, from a copy of the finished cpu run (its real networks and patch grid) instead of
+a smoke run.
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def notebook_copy(dest_dir: Path, run_dir: Path, data_dir: Path, manifest: Path | None) -> Path:
+def notebook_copy(dest_dir: Path, run_dir: Path, data_dir: Path, manifest: Path | None, profile: str = "smoke",
+                  seed: int = 0) -> Path:
     """Write notebook 04 into `dest_dir` with a cell after its parameters cell that points it at `run_dir`.
 
     The committed notebook is not touched; the injected cell is what papermill would inject, with
@@ -85,8 +87,8 @@ def notebook_copy(dest_dir: Path, run_dir: Path, data_dir: Path, manifest: Path 
     """
     nb = nbformat.read(NOTEBOOK_DIR / NOTEBOOK, as_version=4)
     where = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    values = {"PROFILE": "smoke", "RUN_DIR": str(run_dir), "DATA_DIR": str(data_dir),
-              "MANIFEST": str(manifest) if manifest else None, "SEED": 0, "INTERACTIVE": True}
+    values = {"PROFILE": profile, "RUN_DIR": str(run_dir), "DATA_DIR": str(data_dir),
+              "MANIFEST": str(manifest) if manifest else None, "SEED": seed, "INTERACTIVE": True}
     source = "# injected by tests/test_browser.py\n" + "\n".join(f"{k} = {v!r}" for k, v in values.items())
     cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
     nb.cells.insert(where + 1, cell)
@@ -261,21 +263,34 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(chromium, tmp_path_factory, synthetic_root) -> tuple[Path, Path, Path | None]:
-    """A smoke run directory with notebooks 01-03 done (split, checkpoints): what notebook 04 reads."""
+def smoke_run(chromium, tmp_path_factory, synthetic_root) -> tuple[Path, Path, Path | None, str, int]:
+    """The run directory notebook 04 reads, with notebooks 01-03 done (split, checkpoints): a fresh smoke run, or,
+    with BAGNET_EXPLORER_RUN_DIR, a copy of that finished run (the cpu reference run, for the README's screenshot
+    of a real patch grid); the copy leaves the original untouched. Returns (run, data, manifest, profile, seed)."""
+    given = os.environ.get("BAGNET_EXPLORER_RUN_DIR")
+    if given:
+        src = Path(given).resolve()
+        if not (src / "run.json").is_file() or not (src / "checkpoints").is_dir():
+            pytest.fail(f"BAGNET_EXPLORER_RUN_DIR={given} holds no finished run (no run.json or checkpoints/): point it "
+                        "at a run directory made by `make reproduce` (e.g. runs/cpu), or unset it for a smoke run.")
+        run_dir = tmp_path_factory.mktemp("browser") / src.name
+        shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("notebooks", "browser"))
+        meta = json.loads((run_dir / "run.json").read_text())
+        manifest = Path(meta["manifest"]) if meta.get("manifest") else None
+        return run_dir, Path(meta["data_dir"]), manifest, meta["profile"]["name"], int(meta["seed"])
     run_dir = tmp_path_factory.mktemp("browser") / "run"
     data = shared_flowers()
     manifest = PAPER_SPLIT if data is not None and PAPER_SPLIT.is_file() else None
     data = (data or synthetic_root).resolve()  # absolute: JupyterLab runs the notebook from elsewhere
     reproduce("smoke", run_dir, data, manifest, seed=0, notebooks=NOTEBOOKS[:3], cell_timeout=600)
-    return run_dir, data, manifest
+    return run_dir, data, manifest, "smoke", 0
 
 
 @pytest.fixture(scope="module")
 def lab(smoke_run, tmp_path_factory) -> Iterator[tuple[LabServer, Path]]:
-    run_dir, data, manifest = smoke_run
+    run_dir, data, manifest, profile, seed = smoke_run
     root = tmp_path_factory.mktemp("lab_root")
-    notebook_copy(root, run_dir, data, manifest)
+    notebook_copy(root, run_dir, data, manifest, profile, seed)
     server = start_lab(root, tmp_path_factory.mktemp("lab_state"))
     try:
         yield server, run_dir
@@ -464,6 +479,7 @@ def test_explorer_renders_and_responds_in_jupyterlab(chromium, lab, tmp_path_fac
             figure = os.environ.get("BAGNET_EXPLORER_FIGURE")
             if figure:
                 shutil.copyfile(shots / "03_drop_0.80.png", figure)
+                print(f"\n[browser] {figure} shows: {after_drop[0]}")
         finally:
             (shots / "console.log").write_text("\n".join(console))
             if kernel is not None:

@@ -136,6 +136,7 @@ def test_the_notebooks_record_the_numbers_the_run_wrote(smoke_run):
     assert four["n_frontier_points"] == len(pd.read_csv(run_dir / "results" / "frontier.csv")) and four["n_pareto"] >= 1
     assert rec["05"]["verdicts"] == [[v["claim"][:3], v["reading"], v["verdict"]] for v in summary["verdicts"]]
     assert rec["05"]["test_acc"] == {m: summary[m]["test"]["acc"] for m in ("resnet50", "bagnet33")}
+    assert rec["05"]["seeds"] == [0] and "seeds" not in summary  # no seed study in this run directory
 
 
 @pytest.mark.slow
@@ -261,3 +262,47 @@ def test_resume_skips_finished_notebooks_and_a_failure_keeps_earlier_outputs(smo
     reproduce("smoke", run_dir, data, manifest, seed=0, resume=True, cell_timeout=600)
     out = capsys.readouterr().out
     assert out.count("skipped (--resume") == 3 and "04_blackout_experiments.ipynb done" in out
+
+
+@pytest.mark.slow
+def test_the_seed_study_runs_the_course_per_seed_and_adds_its_table_to_the_write_up(smoke_run, tmp_path, capsys):
+    import shutil
+
+    from bagnet_lib.runner import seed_study
+
+    src, _, _ = smoke_run
+    base = tmp_path / "smoke"
+    shutil.copytree(src, base)  # the module's run stays as the other tests expect it
+    table = seed_study(base, [0, 1], cell_timeout=600)
+    seed1 = tmp_path / "smoke-seed1"
+    assert table["seed"].tolist() == [0, 1] and table["run"].tolist() == ["smoke", "smoke-seed1"]
+    assert json.loads((seed1 / "run.json").read_text())["seed"] == 1
+    assert capsys.readouterr().out.count("done in") >= len(NOTEBOOKS)  # seed 1's whole course ran
+    # each row holds its own run's numbers; seed 1 trained differently (another initialisation and data order)
+    for run_dir, row in zip((base, seed1), table.to_dict("records")):
+        s = json.loads((run_dir / "results" / "summary.json").read_text())
+        assert row["bagnet_test_acc"] == s["bagnet33"]["test"]["acc"]
+        assert row["resnet50_test_acc"] == s["resnet50"]["test"]["acc"]
+    hist = [pd.read_csv(d / "results" / "bagnet33_history.csv")["train_loss"] for d in (base, seed1)]
+    assert not hist[0].equals(hist[1])
+    # the reference run's write-up now holds the study: summary, claim (a), REPORT.md, notebook 05's record
+    summary = json.loads((base / "results" / "summary.json").read_text())
+    assert [r["seed"] for r in summary["seeds"]["rows"]] == [0, 1]
+    assert "over 2 training seeds" in summary["verdicts"][0]["evidence"]
+    assert "### How much is luck? 2 training seeds" in (base / "REPORT.md").read_text()
+    assert read_records(base / "notebooks" / NOTEBOOKS[-1])["seeds"] == [0, 1]
+    assert (base / "results" / "timings.json").read_bytes() == (src / "results" / "timings.json").read_bytes()
+    # again: nothing of seed 1 is redone, and the table is the same
+    before = (base / "results" / "seeds.csv").read_text()
+    seed_study(base, [1], cell_timeout=600)
+    assert capsys.readouterr().out.count("skipped (--resume") == len(NOTEBOOKS)
+    assert (base / "results" / "seeds.csv").read_text() == before
+
+
+def test_a_seed_study_needs_a_finished_run(tmp_path, capsys):
+    from bagnet_lib.cli import main
+
+    assert main(["seeds", "--run-dir", str(tmp_path / "nothing"), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no finished run" in err and "make reproduce" in err and "Traceback" not in err
+    assert not (tmp_path / "nothing-seed1").exists()
