@@ -31,7 +31,7 @@ help:
 	@echo "make test-fast   the quick lane: pytest without the tests marked slow (under a minute)"
 	@echo "make test-browser  the blackout explorer in JupyterLab, driven in headless Chromium (needs chromium on PATH)"
 	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR), BAGNET=$(BAGNET))"
-	@echo "make seeds       after make reproduce: the course again with training seeds $(SEEDS) beside $(RUN_DIR), the seed table in its report (about 50 min a seed at the cpu profile; resumable)"
+	@echo "make seeds       after make reproduce: the course again with training seeds $(SEEDS) beside $(RUN_DIR), the seed table in its report (about 54 min a seed at the cpu profile on 2 cores; resumable)"
 	@echo "make lab         open JupyterLab in this environment"
 
 setup: $(STAMP)
