@@ -15,6 +15,7 @@ from .figures import caption, order, registered
 from .io import write_text
 from .paper import BAGNET_PAPER_URL, BAGNET_TITLE, CS229_CODE_URL, CS229_TITLE, model_label
 from .pipeline import Run
+from .seeds import NUMBERS, VERDICTS
 from .summary import find
 
 STRUCTURED_ROWS = (("center", "keep the centre, drop the outer ring"), ("border", "keep the border, drop the centre"),
@@ -96,8 +97,6 @@ SEED_COLUMNS = ("resnet50_test_acc", "bagnet_test_acc", "gap", "patch_random25_c
 def seed_table(summary: dict) -> list[str]:
     """The seed study: one row per training seed, then mean, sd and the Student-t interval over seeds, then which
     verdicts the seeds share. Empty without a seed study."""
-    from .seeds import NUMBERS, VERDICTS
-
     study = summary.get("seeds")
     if not study:
         return []

@@ -67,10 +67,11 @@ def _change(summary: dict, reading: str, kind: str, frac: float) -> float:
 
 
 def _pixel_change(summary: dict, model: str, frac: float = 0.5) -> float:
-    for b in summary["blackout"]:
-        if b["kind"] == "pixel" and b["model"] == model and abs(b["drop_frac"] - frac) < 1e-9:
-            return float(b["acc_mean"] - summary[model]["test"]["acc"])
-    return float("nan")
+    """Pixel blackout's change of `model`'s test accuracy (mean over its seeds − nothing painted)."""
+    from .summary import find  # summary reads the seed study, so it is imported here, not at the top
+
+    entry = find(summary["blackout"], "pixel", frac, "model", model)
+    return float(entry["acc_mean"] - summary[model]["test"]["acc"]) if entry else float("nan")
 
 
 def seed_row(summary: dict, run_name: str, timings: dict | None = None) -> dict:

@@ -35,10 +35,10 @@ def _ci(ci) -> str:
 
 
 # --------------------------------------------------------------------------- (a)
-def seed_spread_text(gaps: dict[int, float], label: str) -> str:
-    """The gap over training seeds in words: each seed, the mean, the sd and the Student-t interval over seeds."""
+def seed_spread_text(gaps: dict[int, float], ci: tuple[float, float], label: str) -> str:
+    """The gap over training seeds in words: each seed, the mean, the sd and `ci`, the Student-t interval over seeds."""
     v = np.array(list(gaps.values()), float)
-    lo, hi = t_interval(v)
+    lo, hi = ci
     each = ", ".join(f"seed {s}: {g:+.3f}" for s, g in gaps.items())
     return (f"over {v.size} training seeds ({each}) {label} − ResNet-50 = {v.mean():+.3f} on average, sd "
             f"{v.std(ddof=1):.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}] (Student t over the {v.size} seeds)")
@@ -61,8 +61,8 @@ def claim_a(resnet_correct: np.ndarray, bagnet_correct: np.ndarray, pretrained: 
     seeds = len(seed_gaps) if seed_gaps and len(seed_gaps) > 1 else 0
     hull = ci
     if seeds:
-        evidence += "; " + seed_spread_text(seed_gaps, label)
         seed_ci = t_interval(list(seed_gaps.values()))
+        evidence += "; " + seed_spread_text(seed_gaps, seed_ci, label)
         numbers.update(seed_gaps={int(s): float(g) for s, g in seed_gaps.items()}, seed_ci=list(seed_ci))
         hull = (min(ci[0], seed_ci[0]), max(ci[1], seed_ci[1]))
     if not pretrained:

@@ -263,7 +263,7 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(chromium, tmp_path_factory, synthetic_root) -> tuple[Path, Path, Path | None, str, int]:
+def explorer_run(chromium, tmp_path_factory, synthetic_root) -> tuple[Path, Path, Path | None, str, int]:
     """The run directory notebook 04 reads, with notebooks 01-03 done (split, checkpoints): a fresh smoke run, or,
     with BAGNET_EXPLORER_RUN_DIR, a copy of that finished run (the cpu reference run, for the README's screenshot
     of a real patch grid); the copy leaves the original untouched. Returns (run, data, manifest, profile, seed)."""
@@ -287,8 +287,8 @@ def smoke_run(chromium, tmp_path_factory, synthetic_root) -> tuple[Path, Path, P
 
 
 @pytest.fixture(scope="module")
-def lab(smoke_run, tmp_path_factory) -> Iterator[tuple[LabServer, Path]]:
-    run_dir, data, manifest, profile, seed = smoke_run
+def lab(explorer_run, tmp_path_factory) -> Iterator[tuple[LabServer, Path]]:
+    run_dir, data, manifest, profile, seed = explorer_run
     root = tmp_path_factory.mktemp("lab_root")
     notebook_copy(root, run_dir, data, manifest, profile, seed)
     server = start_lab(root, tmp_path_factory.mktemp("lab_state"))
