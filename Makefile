@@ -27,7 +27,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup test test-fast lint test-browser reproduce seeds lab clean
 
 help:
-	@echo "make test        create .venv, install, run ruff, then pytest (all but the browser test)"
+	@echo "make test        create .venv, install, run ruff and import-linter (make lint), then pytest (all but the browser test)"
 	@echo "make test-fast   the quick lane: pytest without the tests marked slow (under a minute)"
 	@echo "make test-browser  the blackout explorer in JupyterLab, driven in headless Chromium (needs chromium on PATH)"
 	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR), BAGNET=$(BAGNET))"
@@ -49,8 +49,10 @@ test: $(STAMP) lint
 	@echo ">>> running the test suite (data: $(or $(DATA),none; data tests skip))"
 	BAGNET_DATA=$(DATA_ABS) $(PY) -m pytest -m "not browser" $(PYTEST_ARGS)
 
+# ruff (pyflakes, import order), then the layer contracts of pyproject.toml's [tool.importlinter] (docs/architecture.md)
 lint: $(STAMP)
 	$(PY) -m ruff check bagnet_lib tests
+	$(VENV)/bin/lint-imports --no-cache
 
 # The quick lane while iterating: everything but the tests marked `slow` (notebook runs, training subprocesses,
 # smoke pipelines, benchmarks) and the browser test.

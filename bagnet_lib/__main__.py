@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from bagnet_lib.cli import main
 
 sys.exit(main())

@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import UserError
-from .profiles import PROFILES
+from bagnet_lib.errors import UserError
+from bagnet_lib.nets.profiles import PROFILES
 
 
 def _add_run_args(p: argparse.ArgumentParser, profile_required: bool = False) -> None:
@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         import importlib
 
-        from .io import write_json
+        from bagnet_lib.io import write_json
 
         bench = importlib.import_module(f"bagnet_lib.bench.{args.name}")
         if args.from_json:
@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
             _rewrite_block(Path(args.readme), f"bench-{args.name}", bench.format_table(result))
         return 0
     if args.command == "tune":
-        from .tuning import TUNING_DIR, parse_overrides, tune, tuning_table
+        from bagnet_lib.course.tuning import TUNING_DIR, parse_overrides, tune, tuning_table
 
         for rec in tune(args.name, parse_overrides(args.overrides), tuple(args.models), args.profile, args.run_dir,
                         args.data_dir, args.manifest, args.seed, progress=progress):
@@ -148,19 +148,20 @@ def _run(args: argparse.Namespace) -> int:
             book = json.loads((TUNING_DIR / f"{args.profile}.json").read_text())
             _rewrite_block(Path(args.readme), "tuning", tuning_table(book))
         return 0
-    from . import pipeline
-    from .models import MODEL_NAMES
+    from bagnet_lib.blackout import study
+    from bagnet_lib.course import pipeline
+    from bagnet_lib.nets.models import MODEL_NAMES
 
     if getattr(args, "model", None) is not None and args.model not in MODEL_NAMES:
         raise UserError(f"Unknown model {args.model!r}. Available: {', '.join(MODEL_NAMES)}.")
     if args.command == "reproduce":
-        from .runner import REPO, reproduce
+        from bagnet_lib.course.runner import REPO, reproduce
 
         reproduce(args.profile, args.run_dir, args.data_dir, args.manifest, args.seed,
                   publish_to=REPO if args.publish else None, resume=args.resume, bagnet=args.bagnet)
         return 0
     if args.command == "seeds":
-        from .runner import REPO, seed_study
+        from bagnet_lib.course.runner import REPO, seed_study
 
         table = seed_study(args.run_dir or f"runs/{args.profile}", args.seeds, publish_to=REPO if args.publish else None)
         print(table[["seed", "resnet50_test_acc", "bagnet_test_acc", "gap", "patch_random25_change"]].to_string(index=False))
@@ -172,12 +173,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{args.model}: best epoch {m['best_epoch']}, test acc {m['test']['acc']:.3f} "
               f"[{m['test']['acc_ci'][0]:.3f}, {m['test']['acc_ci'][1]:.3f}], test loss {m['test']['loss']:.3f}")
     elif args.command == "cache-logits":
-        cache = pipeline.cache_step(run, args.model, args.split, progress)
+        cache = study.cache_step(run, args.model, args.split, progress)
         print(f"cached patch logits {tuple(cache.patch_logits.shape)} for {args.split} in {run.run_dir / 'cache'}")
     elif args.command == "sweep":
-        from .experiments import summarize_sweep, sweep
+        from bagnet_lib.blackout.sweep import summarize_sweep, sweep
 
-        cache = pipeline.cache_step(run, args.model, "test", progress)
+        cache = study.cache_step(run, args.model, "test", progress)
         df = sweep(cache, args.kinds, args.drop_fracs, range(args.seeds), args.aggregations)
         out = Path(args.out) if args.out else run.results / "sweep.csv"
         df.to_csv(out, index=False)
@@ -187,11 +188,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from .data.folder import resolve_data_dir
+    from bagnet_lib.data.folder import resolve_data_dir
 
     if args.data_command == "download":
-        from .data.download import CS229_URL, FLOWER_PHOTOS_URL, download_cs229, download_flowers
-        from .data.folder import DEFAULT_DATA_DIR
+        from bagnet_lib.data.download import CS229_URL, FLOWER_PHOTOS_URL, download_cs229, download_flowers
+        from bagnet_lib.data.folder import DEFAULT_DATA_DIR
 
         if args.source == "cs229":
             dest, manifest = download_cs229(args.dest or DEFAULT_DATA_DIR.parent / "flowers_cs229",
@@ -202,7 +203,7 @@ def _data(args: argparse.Namespace) -> int:
         dest = download_flowers(args.dest or DEFAULT_DATA_DIR, url=args.url or FLOWER_PHOTOS_URL, timeout=args.timeout)
         print(f"flowers ready in {dest}; use it with BAGNET_DATA={dest} or --data-dir {dest}")
     elif args.data_command == "audit":
-        from .data.audit import audit_dataset
+        from bagnet_lib.data.audit import audit_dataset
 
         report = audit_dataset(resolve_data_dir(args.data_dir), progress=not args.json or sys.stderr.isatty())
         if args.json:
@@ -210,7 +211,7 @@ def _data(args: argparse.Namespace) -> int:
         else:
             print(report.format_text())
     elif args.data_command == "split":
-        from .data.split import make_split, read_manifest, write_split
+        from bagnet_lib.data.split import make_split, read_manifest, write_split
 
         root = resolve_data_dir(args.data_dir)
         df = read_manifest(root, args.manifest) if args.manifest else make_split(
@@ -220,7 +221,7 @@ def _data(args: argparse.Namespace) -> int:
         print(counts.to_string())
         print(f"split of {len(df)} images written to {args.out}")
     elif args.data_command == "synthetic":
-        from .data.synthetic import generate_synthetic_dataset
+        from bagnet_lib.data.synthetic import generate_synthetic_dataset
 
         out = generate_synthetic_dataset(args.out, args.n_per_class, args.image_size, args.seed)
         print(f"synthetic dataset in {out}")
@@ -229,7 +230,7 @@ def _data(args: argparse.Namespace) -> int:
 
 def _rewrite_block(readme: Path, name: str, content: str) -> None:
     """Rewrite the README block `name`, or say clearly which marker lines are missing."""
-    from .readme import update_block
+    from bagnet_lib.writeup.readme import update_block
 
     if not update_block(readme, name, content):
         raise UserError(f"{readme} has no '<!-- {name}:start -->' … '<!-- {name}:end -->' block; add the two marker "

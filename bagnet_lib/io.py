@@ -13,7 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .faults import fault_mid_write
+from bagnet_lib.faults import fault_mid_write
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout (the package is installed editable)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -75,10 +77,6 @@ def _json_default(obj: Any) -> Any:
 
 def display_path(path: str | Path) -> str:
     """A path as published: relative to the repository when inside it, `$BAGNET_DATA` when it is that, else its name."""
-    import os
-
-    from .data.folder import PROJECT_ROOT
-
     path = Path(path).resolve()
     env = os.environ.get("BAGNET_DATA")
     if env and Path(env).resolve() == path:

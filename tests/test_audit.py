@@ -10,14 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bagnet_lib.data.audit import (
-    KINDS,
-    AuditReport,
-    Problem,
-    audit_dataset,
-    perceptual_hash,
-    split_leakage,
-)
+from bagnet_lib.data.audit import KINDS, AuditReport, Problem, audit_dataset, perceptual_hash, split_leakage
 from bagnet_lib.data.folder import list_images
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import sha256_file

@@ -16,7 +16,7 @@ import torch
 
 from bagnet_lib.bench import sweep as bench_sweep
 from bagnet_lib.bench import train as bench_train
-from bagnet_lib.profiles import get_profile
+from bagnet_lib.nets.profiles import get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 

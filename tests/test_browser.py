@@ -36,9 +36,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bagnet_lib.runner import NOTEBOOK_DIR, NOTEBOOKS, reproduce
-
-from .conftest import PAPER_SPLIT, shared_flowers
+from bagnet_lib.course.runner import NOTEBOOK_DIR, NOTEBOOKS, reproduce
+from tests.conftest import PAPER_SPLIT, shared_flowers
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout

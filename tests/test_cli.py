@@ -76,7 +76,7 @@ def test_train_cache_and_sweep_commands(tmp_path, synthetic_root):
 
 @pytest.mark.slow
 def test_without_any_dataset_the_main_job_falls_back_to_synthetic_data_and_says_so(tmp_path, monkeypatch, capsys):
-    from bagnet_lib import pipeline, runner
+    from bagnet_lib.course import pipeline, runner
     from bagnet_lib.data import folder
 
     monkeypatch.chdir(tmp_path)

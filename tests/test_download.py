@@ -17,12 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bagnet_lib.data.download import (
-    FLOWER_PHOTOS_SHA256,
-    FLOWER_PHOTOS_URL,
-    download_flowers,
-    has_dataset,
-)
+from bagnet_lib.data.download import FLOWER_PHOTOS_SHA256, FLOWER_PHOTOS_URL, download_flowers, has_dataset
 from bagnet_lib.data.folder import FLOWER_CLASSES, list_images
 from bagnet_lib.errors import UserError
 

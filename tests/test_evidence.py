@@ -6,8 +6,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from bagnet_lib.evidence import evidence_extent, plot_gradcam_grid, plot_patch_evidence, plot_receptive_field
-from bagnet_lib.models import PatchGeometry
+from bagnet_lib.figures.evidence import evidence_extent, plot_gradcam_grid, plot_patch_evidence, plot_receptive_field
+from bagnet_lib.nets.models import PatchGeometry
 
 G33 = PatchGeometry(size=33, stride=8)
 CLASSES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]

@@ -7,21 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bagnet_lib.aggregate import AGGREGATIONS, aggregate
+from bagnet_lib.blackout.aggregate import AGGREGATIONS, aggregate
+from bagnet_lib.blackout.channels import channel_mask, channel_masked_logits, channel_sweep
+from bagnet_lib.blackout.masks import MASK_KINDS, make_mask
+from bagnet_lib.blackout.pixels import pixel_blackout, pixel_keep_map
+from bagnet_lib.blackout.sweep import LogitCache, cache_logits, summarize_sweep, sweep
 from bagnet_lib.data.tensors import normalize
-from bagnet_lib.experiments import (
-    LogitCache,
-    cache_logits,
-    channel_mask,
-    channel_masked_logits,
-    channel_sweep,
-    pixel_blackout,
-    pixel_keep_map,
-    summarize_sweep,
-    sweep,
-)
-from bagnet_lib.masks import MASK_KINDS, make_mask
-from bagnet_lib.models import bagnet33
+from bagnet_lib.nets.models import bagnet33
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +53,8 @@ def test_sweep_summary_counts_seeds(cache):
 
 @pytest.mark.parametrize("aggregation", ["mean", "zero", "median"])
 def test_per_image_scores_are_the_sweep_image_by_image(cache, aggregation):
-    from bagnet_lib.experiments import channel_per_image, channel_sweep, per_image_scores
+    from bagnet_lib.blackout.channels import channel_per_image, channel_sweep
+    from bagnet_lib.blackout.sweep import per_image_scores
 
     fracs, seeds = [0.25, 0.75], range(4)
     correct, nll = per_image_scores(cache, "random", fracs, seeds, aggregation)

@@ -8,34 +8,34 @@ import nbformat
 import pandas as pd
 import pytest
 
-from bagnet_lib import figures
+from bagnet_lib.course.record import MIME, read_records
 from bagnet_lib.errors import UserError
-from bagnet_lib.pipeline import Run
-from bagnet_lib.profiles import get_profile
-from bagnet_lib.record import MIME, read_records
+from bagnet_lib.figures import registry
+from bagnet_lib.nets.profiles import get_profile
+from bagnet_lib.nets.run import Run
 
 LIB = Path(__file__).resolve().parents[1] / "bagnet_lib"
 
 
 def test_registry_names_captions_and_order_for_any_bagnet():
-    names = figures.expected("bagnet9")
+    names = registry.expected("bagnet9")
     assert "03_bagnet9_history.png" in names and "03_bagnet33_history.png" not in names
-    assert figures.caption("03_bagnet9_confusion.png") == "BagNet-9 confusion matrix on the test split."
-    assert figures.order("01_split_counts.png") < figures.order("03_bagnet17_history.png") < figures.order(
+    assert registry.caption("03_bagnet9_confusion.png") == "BagNet-9 confusion matrix on the test split."
+    assert registry.order("01_split_counts.png") < registry.order("03_bagnet17_history.png") < registry.order(
         "04_frontier.png")
-    assert figures.expected("bagnet33", "12") == [n for n in figures.expected("bagnet33") if n[:2] in ("01", "02")]
-    assert not figures.registered("my_own_plot.png") and not figures.registered("03_resnet50_history.png")
+    assert registry.expected("bagnet33", "12") == [n for n in registry.expected("bagnet33") if n[:2] in ("01", "02")]
+    assert not registry.registered("my_own_plot.png") and not registry.registered("03_resnet50_history.png")
     with pytest.raises(KeyError, match="registry"):
-        figures.figure_path("/tmp", "04_typo.png")
+        registry.figure_path("/tmp", "04_typo.png")
 
 
 def test_every_figure_name_the_views_save_is_registered():
-    source = (LIB / "views.py").read_text()
+    source = (LIB / "course" / "views.py").read_text()
     literal = re.findall(r'_out\(run, f?"([^"]+\.png)"\)', source)
     assert len(literal) >= 15
     for name in literal:
         filled = name.replace("{model_name}", "bagnet33").replace("{_nb(model_name)}", "03")
-        assert figures.registered(filled), name
+        assert registry.registered(filled), name
 
 
 def test_read_records_collects_every_recorded_value_later_cells_win(tmp_path):

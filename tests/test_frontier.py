@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from bagnet_lib.frontier import anytime, cost_model, count_flops, dense_flops, pareto_front
-from bagnet_lib.models import bagnet, resnet50
-from bagnet_lib.sparse import patch_logits_at
+from bagnet_lib.blackout.frontier import anytime, cost_model, count_flops, dense_flops, pareto_front
+from bagnet_lib.blackout.sparse import patch_logits_at
+from bagnet_lib.nets.models import bagnet, resnet50
 
 SIZE = 64  # bagnet33: a 4×4 grid of 33 px windows at stride 8
 
@@ -87,8 +87,14 @@ def test_pareto_front_is_non_dominated_and_complete():
 
 
 def test_frontier_points_on_a_tiny_cache():
-    from bagnet_lib.experiments import cache_logits
-    from bagnet_lib.frontier import COLUMNS, downscaled_points, frontier_points, per_image_correct, verify_sparse
+    from bagnet_lib.blackout.frontier import (
+        COLUMNS,
+        downscaled_points,
+        frontier_points,
+        per_image_correct,
+        verify_sparse,
+    )
+    from bagnet_lib.blackout.sweep import cache_logits
 
     torch.manual_seed(0)
     model = bagnet("bagnet33", num_classes=5, width=0.125).eval()

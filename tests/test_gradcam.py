@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from bagnet_lib.gradcam import grad_cam, upsample
-from bagnet_lib.models import bagnet33, build_model, resnet50
+from bagnet_lib.nets.gradcam import grad_cam, upsample
+from bagnet_lib.nets.models import bagnet33, build_model, resnet50
 
 
 @pytest.fixture(autouse=True, scope="module")

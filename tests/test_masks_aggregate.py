@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bagnet_lib import masks
-from bagnet_lib.aggregate import AGGREGATIONS, aggregate
+from bagnet_lib.blackout import masks
+from bagnet_lib.blackout.aggregate import AGGREGATIONS, aggregate
 
 
 def test_checkerboard_and_raster_differ_on_even_width():

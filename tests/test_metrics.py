@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bagnet_lib.metrics import accuracy, cross_entropy, evaluate_logits
-from bagnet_lib.stats import bootstrap_ci, spread, t_interval
+from bagnet_lib.nets.metrics import accuracy, bootstrap_ci, cross_entropy, evaluate_logits, spread, t_interval
 
 
 def test_accuracy_and_cross_entropy_by_hand():

@@ -8,9 +8,8 @@ import torch
 import torchvision
 
 from bagnet_lib.errors import UserError
-from bagnet_lib.models import PatchGeometry, bagnet, bagnet33, build_model, resnet50
-
-from .conftest import SPEC
+from bagnet_lib.nets.models import PatchGeometry, bagnet, bagnet33, build_model, resnet50
+from tests.conftest import SPEC
 
 BAGNETS = ("bagnet9", "bagnet17", "bagnet33")
 

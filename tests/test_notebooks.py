@@ -10,11 +10,10 @@ import nbformat
 import pandas as pd
 import pytest
 
-from bagnet_lib import figures
-from bagnet_lib.record import read_records
-from bagnet_lib.runner import NOTEBOOK_DIR, NOTEBOOKS, NotebookFailed, reproduce
-
-from .conftest import PAPER_SPLIT, shared_flowers
+from bagnet_lib.course.record import read_records
+from bagnet_lib.course.runner import NOTEBOOK_DIR, NOTEBOOKS, NotebookFailed, reproduce
+from bagnet_lib.figures import registry
+from tests.conftest import PAPER_SPLIT, shared_flowers
 
 
 def test_committed_notebooks_carry_no_outputs_and_one_parameters_cell():
@@ -109,7 +108,7 @@ def test_results_json_has_the_expected_keys_and_sane_values(smoke_run):
 @pytest.mark.slow
 def test_every_registered_figure_is_a_non_empty_png_and_nothing_else_is_made(smoke_run):
     run_dir, _, _ = smoke_run
-    expected = figures.expected("bagnet33")
+    expected = registry.expected("bagnet33")
     assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == sorted(expected)
     for name in expected:
         path = run_dir / "figures" / name
@@ -148,7 +147,7 @@ def test_bagnet17_chosen_in_03_flows_through_04_and_05(tmp_path_factory, synthet
     summary = json.loads((run_dir / "results" / "summary.json").read_text())
     assert summary["bagnet"] == "bagnet17" and "bagnet33" not in summary
     assert summary["verdicts"][0]["claim"] == "(a) BagNet-17 is comparable to ResNet-50"
-    assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == sorted(figures.expected("bagnet17"))
+    assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == sorted(registry.expected("bagnet17"))
     frontier = pd.read_csv(run_dir / "results" / "frontier.csv")
     assert set(frontier["model"]) == {"bagnet17", "resnet50"}
     assert set(pd.read_csv(run_dir / "results" / "blackout_paper.csv")["model"]) == {"bagnet17"}
@@ -156,11 +155,12 @@ def test_bagnet17_chosen_in_03_flows_through_04_and_05(tmp_path_factory, synthet
     assert "(BagNet-17)" in text.splitlines()[0] and "| BagNet-17, random 25% | patch |" in text
     # a second BagNet trained in the same run directory joins the frontier; bagnet9's windows are so small that
     # computing only the kept patches is cheaper at every fraction
-    from bagnet_lib import pipeline
+    from bagnet_lib.blackout import study
+    from bagnet_lib.course import pipeline
 
     run = pipeline.prepare_run(run_dir, "smoke", progress=False)
     pipeline.train_step(run, "bagnet9", progress=False)
-    both = pipeline.frontier_step(run, "bagnet17", progress=False)
+    both = study.frontier_step(run, "bagnet17", progress=False)
     assert set(both["model"]) == {"bagnet17", "bagnet9", "resnet50"}
     costs = json.loads((run_dir / "results" / "frontier_costs.json").read_text())
     assert costs["bagnet"] == "bagnet17" and set(costs["bagnets"]) == {"bagnet17", "bagnet9"}
@@ -194,7 +194,7 @@ def test_a_failing_notebook_stops_the_run_and_names_the_cell(tmp_path, synthetic
     nb = nbformat.read(NOTEBOOK_DIR / NOTEBOOKS[0], as_version=4)
     nb.cells.insert(3, nbformat.v4.new_code_cell("raise RuntimeError('deliberately broken')"))
     nbformat.write(nb, broken / NOTEBOOKS[0])
-    from bagnet_lib import runner
+    from bagnet_lib.course import runner
 
     with pytest.raises(NotebookFailed, match=r"01_data_exploration.ipynb failed in cell .*deliberately broken"):
         runner.run_notebook(NOTEBOOKS[0], tmp_path / "run",
@@ -204,7 +204,7 @@ def test_a_failing_notebook_stops_the_run_and_names_the_cell(tmp_path, synthetic
 
 
 def test_publish_copies_real_runs_and_refuses_smoke_or_synthetic(tmp_path):
-    from bagnet_lib.runner import publish
+    from bagnet_lib.course.runner import publish
 
     def fake_run(name, profile, synthetic):
         run = tmp_path / name
@@ -268,7 +268,7 @@ def test_resume_skips_finished_notebooks_and_a_failure_keeps_earlier_outputs(smo
 def test_the_seed_study_runs_the_course_per_seed_and_adds_its_table_to_the_write_up(smoke_run, tmp_path, capsys):
     import shutil
 
-    from bagnet_lib.runner import seed_study
+    from bagnet_lib.course.runner import seed_study
 
     src, _, _ = smoke_run
     base = tmp_path / "smoke"

@@ -333,7 +333,7 @@ def test_every_split_image_decodes_and_a_training_epoch_runs(split, messy):
 
 # ----------------------------------------------------------------------------- the pipeline end to end
 def test_prepare_run_and_train_step_on_the_messy_folder(messy, tmp_path, monkeypatch):
-    from bagnet_lib import pipeline
+    from bagnet_lib.course import pipeline
 
     monkeypatch.setenv("BAGNET_NO_DOWNLOAD", "1")
     monkeypatch.delenv("BAGNET_DATA", raising=False)
@@ -353,7 +353,7 @@ def test_prepare_run_and_train_step_on_the_messy_folder(messy, tmp_path, monkeyp
 def test_the_data_folder_is_never_modified(messy, pristine, tmp_path, monkeypatch):
     """Runs every step again (the earlier tests ran them too), then compares with the snapshot taken
     right after the folder was built: same entries, types, modes, sizes, mtimes, link targets, bytes."""
-    from bagnet_lib import pipeline
+    from bagnet_lib.course import pipeline
 
     monkeypatch.setenv("BAGNET_NO_DOWNLOAD", "1")
     monkeypatch.delenv("BAGNET_DATA", raising=False)
@@ -383,7 +383,7 @@ def _small_dataset(root: Path, layout: dict[str, int], seed: int = 0) -> Path:
 def _refused(root: Path, tmp_path: Path, monkeypatch) -> str:
     """The UserError of make_split and of prepare_run (which must fail before training: no split
     written, no checkpoint); returns the message after checking it is one paragraph."""
-    from bagnet_lib import pipeline
+    from bagnet_lib.course import pipeline
 
     with pytest.raises(UserError) as err:
         make_split(root, seed=0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bagnet_lib.errors import UserError
-from bagnet_lib.profiles import get_profile
+from bagnet_lib.nets.profiles import get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,8 @@ def train_once(root: str | Path, out: str | Path) -> None:
     """A tiny BagNet-33 training run into `out` (resumes from `out` like any run), then `out/final.pt`."""
     from bagnet_lib.data.split import make_split
     from bagnet_lib.data.tensors import load_split_tensors
-    from bagnet_lib.models import build_model
-    from bagnet_lib.train import train_model
+    from bagnet_lib.nets.models import build_model
+    from bagnet_lib.nets.train import train_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the victim runs with 1 thread too: the same kernels, the same rounding
@@ -134,8 +134,8 @@ def test_fault_points_fire_on_the_named_call_only(monkeypatch):
 def test_a_truncated_training_checkpoint_is_a_clear_error(synthetic_root, tmp_path):
     from bagnet_lib.data.split import make_split
     from bagnet_lib.data.tensors import load_split_tensors
-    from bagnet_lib.models import build_model
-    from bagnet_lib.train import train_model
+    from bagnet_lib.nets.models import build_model
+    from bagnet_lib.nets.train import train_model
 
     df = make_split(synthetic_root, seed=0)
     classes = sorted(df["label"].unique())
@@ -158,12 +158,14 @@ def _strip(obj):
 
 
 def _smoke_pipeline(run_dir: Path, data: Path, seed: int) -> dict:
-    from bagnet_lib import pipeline, summary
+    from bagnet_lib.blackout import study
+    from bagnet_lib.course import pipeline
+    from bagnet_lib.writeup import summary
 
     run = pipeline.prepare_run(run_dir, "smoke", data, None, seed, progress=False)
     for model in ("resnet50", "bagnet33"):
         pipeline.train_step(run, model, progress=False)
-    pipeline.blackout_step(run, progress=False)
+    study.blackout_step(run, progress=False)
     return summary.build_summary(run)
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bagnet_lib.readme import update_readme
-from bagnet_lib.report import drop_curve_table, structured_table
-from bagnet_lib.summary import drop_curve_summary
+from bagnet_lib.blackout.study import drop_curve_summary
+from bagnet_lib.writeup.readme import update_readme
+from bagnet_lib.writeup.report import drop_curve_table, structured_table
 
 
 def test_drop_curve_summary_and_table_pair_mean_with_zero():

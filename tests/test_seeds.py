@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from bagnet_lib import seeds as S
-from bagnet_lib import verdicts as V
 from bagnet_lib.errors import UserError
-from bagnet_lib.readme import results_block
-from bagnet_lib.report import render_report
-
-from .conftest import ROOT
+from bagnet_lib.writeup import seeds as S
+from bagnet_lib.writeup import verdicts as V
+from bagnet_lib.writeup.readme import results_block
+from bagnet_lib.writeup.report import render_report
+from tests.conftest import ROOT
 
 REFERENCE = json.loads((ROOT / "results" / "cpu" / "summary.json").read_text())
 

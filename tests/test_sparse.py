@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bagnet_lib import masks
-from bagnet_lib.models import bagnet, resnet50
-from bagnet_lib.sparse import kept_index, kept_patch_logits, patch_logits_at
+from bagnet_lib.blackout import masks
+from bagnet_lib.blackout.sparse import kept_index, kept_patch_logits, patch_logits_at
+from bagnet_lib.nets.models import bagnet, resnet50
 
 BAGNETS = ("bagnet9", "bagnet17", "bagnet33")
 H, W = 75, 101  # non-square, and not a multiple of the stride

@@ -19,8 +19,7 @@ from bagnet_lib.data.tensors import (
     train_transform,
 )
 from bagnet_lib.errors import UserError
-
-from .conftest import PAPER_SPLIT
+from tests.conftest import PAPER_SPLIT
 
 
 def _samples(per_class: dict[str, int]) -> list[Sample]:

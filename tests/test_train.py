@@ -5,14 +5,14 @@ import pandas as pd
 import pytest
 import torch
 
-from bagnet_lib import train as train_mod
 from bagnet_lib.data.split import make_split
 from bagnet_lib.data.tensors import eval_batch, load_split_tensors
 from bagnet_lib.errors import UserError
-from bagnet_lib.metrics import cross_entropy
-from bagnet_lib.models import build_model
-from bagnet_lib.profiles import get_profile
-from bagnet_lib.train import predict, train_model
+from bagnet_lib.nets import train as train_mod
+from bagnet_lib.nets.metrics import cross_entropy
+from bagnet_lib.nets.models import build_model
+from bagnet_lib.nets.profiles import get_profile
+from bagnet_lib.nets.train import predict, train_model
 
 SIZE = 48
 
@@ -150,7 +150,7 @@ def test_training_keeps_bagnets_in_nchw_and_resnet_in_channels_last(data, tmp_pa
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_every_evaluation_path_computes_alike(data, precision):
     """Image logits (`predict`) and the mean of the cached patch logits agree: one precision for full and masked."""
-    from bagnet_lib.experiments import cache_logits
+    from bagnet_lib.blackout.sweep import cache_logits
 
     train, _ = data
     model = _model().eval()

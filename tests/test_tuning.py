@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from bagnet_lib.course.tuning import parse_overrides, tune, tuning_table
 from bagnet_lib.errors import UserError
-from bagnet_lib.tuning import parse_overrides, tune, tuning_table
 
 
 def test_overrides_are_typed_and_checked():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bagnet_lib import verdicts as V
+from bagnet_lib.writeup import verdicts as V
 
 N = 400
 

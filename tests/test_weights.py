@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bagnet_lib import weights
 from bagnet_lib.errors import UserError
-from bagnet_lib.models import bagnet, build_model, resnet50
+from bagnet_lib.nets import weights
+from bagnet_lib.nets.models import bagnet, build_model, resnet50
 
 
 @pytest.fixture(autouse=True)

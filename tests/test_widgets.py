@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from bagnet_lib.experiments import LogitCache  # noqa: E402
-from bagnet_lib.masks import make_mask  # noqa: E402
-from bagnet_lib.widgets import NO_PATCH_KEPT, PATTERNS, BlackoutExplorer  # noqa: E402
+from bagnet_lib.blackout.masks import make_mask  # noqa: E402
+from bagnet_lib.blackout.sweep import LogitCache  # noqa: E402
+from bagnet_lib.figures.widgets import NO_PATCH_KEPT, PATTERNS, BlackoutExplorer  # noqa: E402
 
 CLASSES = ["aster", "bluebell", "crocus"]  # A, B, C
 H = W = 6

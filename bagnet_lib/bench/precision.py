@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ..data.folder import PROJECT_ROOT, find_data_dir
-from ..models import build_model
-from ..profiles import get_profile
-from ..train import train_model
+from bagnet_lib.data.folder import find_data_dir
+from bagnet_lib.io import PROJECT_ROOT
+from bagnet_lib.nets.models import build_model
+from bagnet_lib.nets.profiles import get_profile
+from bagnet_lib.nets.train import train_model
 
 MODELS = ("resnet50", "bagnet33")
 PAPER_SPLIT = PROJECT_ROOT.parent / "shared" / "data" / "flowers_paper_split.csv"
@@ -27,7 +28,7 @@ PAPER_SPLIT = PROJECT_ROOT.parent / "shared" / "data" / "flowers_paper_split.csv
 
 def run(quick: bool = False, epochs: int = 4) -> dict:
     """Train each model `epochs` epochs in fp32 and in the profile's precision; validation curves side by side."""
-    from ..pipeline import prepare_run
+    from bagnet_lib.course.pipeline import prepare_run
 
     t_start = time.perf_counter()
     base = get_profile("smoke" if quick else "cpu")
@@ -36,7 +37,7 @@ def run(quick: bool = False, epochs: int = 4) -> dict:
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench_precision_") as tmp:
         if quick:
-            from ..data.synthetic import generate_synthetic_dataset
+            from bagnet_lib.data.synthetic import generate_synthetic_dataset
 
             data_dir = generate_synthetic_dataset(Path(tmp) / "synthetic", n_per_class=16, image_size=64, seed=0,
                                                   progress=False)

@@ -34,12 +34,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from .. import masks
-from ..frontier import count_flops
-from ..models import bagnet
-from ..plots import save
-from ..sparse import patch_logits_at
-from .common import calibrate_batchnorm
+from bagnet_lib.bench.common import calibrate_batchnorm
+from bagnet_lib.blackout import masks
+from bagnet_lib.blackout.frontier import count_flops
+from bagnet_lib.blackout.sparse import patch_logits_at
+from bagnet_lib.figures.plots import save
+from bagnet_lib.nets.models import bagnet
 
 MODELS = ("bagnet9", "bagnet17", "bagnet33")
 KEEP_FRACS = (0.01, 0.05, 0.10, 0.15, 0.25, 0.50, 0.75, 1.00)

@@ -25,14 +25,14 @@ import time
 
 import torch
 
-from ..aggregate import aggregate
-from ..data.tensors import eval_batches, normalize
-from ..experiments import cache_logits, sweep
-from ..masks import make_mask
-from ..metrics import accuracy, cross_entropy
-from ..models import build_model
-from ..profiles import get_profile
-from .common import calibrate_batchnorm
+from bagnet_lib.bench.common import calibrate_batchnorm
+from bagnet_lib.blackout.aggregate import aggregate
+from bagnet_lib.blackout.masks import make_mask
+from bagnet_lib.blackout.sweep import cache_logits, sweep
+from bagnet_lib.data.tensors import eval_batches, normalize
+from bagnet_lib.nets.metrics import accuracy, cross_entropy
+from bagnet_lib.nets.models import build_model
+from bagnet_lib.nets.profiles import get_profile
 
 MODEL = "bagnet33"
 NUM_CLASSES = 5

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.folder import class_names, find_data_dir, list_images
-from ..data.tensors import ImageTensors, base_size_for, decode_images
-from ..errors import UserError
-from ..models import build_model
-from ..profiles import get_profile
-from ..train import epoch_batches, make_optimizer, resolve_precision, train_on_batch, use_channels_last
+from bagnet_lib.data.folder import class_names, find_data_dir, list_images
+from bagnet_lib.data.tensors import ImageTensors, base_size_for, decode_images
+from bagnet_lib.errors import UserError
+from bagnet_lib.nets.models import build_model
+from bagnet_lib.nets.profiles import get_profile
+from bagnet_lib.nets.train import epoch_batches, make_optimizer, resolve_precision, train_on_batch, use_channels_last
 
 MODELS = ("resnet50", "bagnet33")
 NUM_CLASSES = 5
@@ -77,7 +77,7 @@ def _prepare_data(settings: dict, size: int, tmp: Path) -> tuple[str, ImageTenso
                 continue
         rows = [(rel, c, img) for c in classes for rel, img in kept[c]]
     else:
-        from ..data.synthetic import generate_synthetic_dataset
+        from bagnet_lib.data.synthetic import generate_synthetic_dataset
 
         source = "synthetic"
         root = generate_synthetic_dataset(tmp / "synthetic", n_per_class=settings["synthetic_per_class"],

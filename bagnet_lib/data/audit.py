@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
-from ..io import sha256_file
-from .folder import class_names, is_looping_link
-from .images import UnreadableImage, is_image_name, load_rgb
+from bagnet_lib.data.folder import class_names, is_looping_link
+from bagnet_lib.data.images import UnreadableImage, is_image_name, load_rgb
+from bagnet_lib.errors import UserError
+from bagnet_lib.io import sha256_file
 
 if TYPE_CHECKING:  # pandas is imported lazily: the audit itself does not need it
     import pandas

@@ -22,9 +22,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
 
-from ..errors import UserError
-from .folder import FLOWER_CLASSES, class_names
-from .images import is_image_name
+from bagnet_lib.data.folder import FLOWER_CLASSES, class_names
+from bagnet_lib.data.images import is_image_name
+from bagnet_lib.errors import UserError
 
 __all__ = [
     "ARCHIVE_CLASS_NAMES",
@@ -289,7 +289,7 @@ CS229_SPLITS = ("train", "val", "test")
 
 def tree_digest(files: dict[str, bytes | Path]) -> str:
     """SHA-256 of the sorted lines `<relative path>\t<SHA-256 of the file>`: one hash for a whole folder."""
-    from ..io import sha256_file
+    from bagnet_lib.io import sha256_file
 
     lines = []
     for rel, content in files.items():

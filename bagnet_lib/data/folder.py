@@ -9,10 +9,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from .images import is_image_name
+from bagnet_lib.data.images import is_image_name
+from bagnet_lib.errors import UserError
+from bagnet_lib.io import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout (the package is installed editable)
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "flowers"  # not cwd-relative: notebooks run from notebooks/
 FLOWER_CLASSES = ("daisy", "dandelion", "rose", "sunflower", "tulip")
 

@@ -14,9 +14,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
-from ..io import atomic_write
-from .folder import Sample, class_names, list_images
+from bagnet_lib.data.folder import Sample, class_names, list_images
+from bagnet_lib.errors import UserError
+from bagnet_lib.io import atomic_write
 
 SPLITS = ("train", "val", "test")
 FRACTIONS = (0.7, 0.2, 0.1)
@@ -112,7 +112,7 @@ def make_split(root: str | Path, seed: int = 0, audit=None, keep_conflicts: bool
     folder must keep enough usable images for a train, a val and a test image (else a `UserError`
     naming the folders, before any training), since each folder is a model output.
     """
-    from .audit import audit_dataset
+    from bagnet_lib.data.audit import audit_dataset
 
     audit = audit if audit is not None else audit_dataset(root, progress=progress)
     excluded = audit.excluded_paths(keep_conflicts=keep_conflicts)

@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..io import atomic_write, write_json
-from .folder import FLOWER_CLASSES
+from bagnet_lib.data.folder import FLOWER_CLASSES
+from bagnet_lib.io import atomic_write, write_json
 
 __all__ = ["GENERATOR_VERSION", "MARKER_NAME", "generate_synthetic_dataset", "render_image"]
 

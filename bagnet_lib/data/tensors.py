@@ -27,9 +27,9 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..io import atomic_write
-from .images import UnreadableImage, load_rgb
+from bagnet_lib.data.images import UnreadableImage, load_rgb
+from bagnet_lib.errors import UserError
+from bagnet_lib.io import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

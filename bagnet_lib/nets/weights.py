@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights
 
-from .errors import UserError
-from .io import sha256_file
+from bagnet_lib.errors import UserError
+from bagnet_lib.io import sha256_file
 
 BAGNET_BASE_URL = ("https://bitbucket.org/wielandbrendel/bag-of-feature-pretrained-models/raw/"
                    "249e8fa82c0913623a807d9d35eeab9da7dcc2a8")

@@ -22,9 +22,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from .gradcam import upsample
-from .models import PatchGeometry
-from .plots import save, to_hwc
+from bagnet_lib.figures.plots import save, to_hwc
+from bagnet_lib.nets.gradcam import upsample
+from bagnet_lib.nets.models import PatchGeometry
 
 __all__ = ["evidence_extent", "plot_gradcam_grid", "plot_patch_evidence", "plot_receptive_field"]
 

@@ -20,17 +20,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UserError
-from .io import write_json, write_text
+from bagnet_lib.errors import UserError
+from bagnet_lib.io import PROJECT_ROOT, write_json, write_text
 
 if TYPE_CHECKING:
     import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = PROJECT_ROOT
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = ("01_data_exploration.ipynb", "02_train_resnet50.ipynb", "03_train_bagnet.ipynb",
              "04_blackout_experiments.ipynb", "05_writeup.ipynb")
-BAGNET_NOTEBOOK = "03_train_bagnet.ipynb"  # its MODEL picks the BagNet; 04 and 05 study the one it trained
 
 
 class NotebookFailed(UserError):
@@ -95,10 +94,11 @@ def run_notebook(name: str, run_dir: Path, parameters: dict, timeout: int = 4 * 
 
 
 def course_parameters(profile: str, run_dir: Path, data_dir: str | Path | None, manifest: str | Path | None,
-                      seed: int) -> dict:
-    """The parameters every notebook of one run receives (each takes the ones it declares)."""
+                      seed: int, bagnet: str = "bagnet33") -> dict:
+    """The parameters every notebook of one run receives (each takes the ones it declares): the shared five
+    (`PROFILE`, `RUN_DIR`, `DATA_DIR`, `MANIFEST`, `SEED`) and `BAGNET` (03 trains it, 04 and 05 study it)."""
     return {"PROFILE": profile, "RUN_DIR": str(run_dir), "DATA_DIR": str(Path(data_dir).resolve()) if data_dir else None,
-            "MANIFEST": str(Path(manifest).resolve()) if manifest else None, "SEED": seed}
+            "MANIFEST": str(Path(manifest).resolve()) if manifest else None, "SEED": seed, "BAGNET": bagnet}
 
 
 def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir: str | Path | None = None,
@@ -110,10 +110,10 @@ def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir:
 
     With `resume`, a notebook whose executed copy in RUN_DIR/notebooks finished without error for the
     same parameters and the same code is skipped; once one notebook runs, every later one runs too (it reads their outputs).
-    `bagnet` is notebook 03's `MODEL` (bagnet9, bagnet17, bagnet33).
+    `bagnet` is the course's `BAGNET` (bagnet9, bagnet17, bagnet33): notebook 03 trains it, 04 and 05 study it.
     """
     notebook_dir = Path(notebook_dir)
-    from .pipeline import SYNTHETIC_BANNER, choose_data
+    from bagnet_lib.course.pipeline import SYNTHETIC_BANNER, choose_data
 
     run_dir = Path(run_dir or f"runs/{profile}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,20 +125,19 @@ def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir:
         data_dir, synthetic = choose_data(data_dir)
     if synthetic:
         print(SYNTHETIC_BANNER, flush=True)
-    params = {**course_parameters(profile, run_dir, data_dir, manifest, seed), **(extra_parameters or {})}
+    params = {**course_parameters(profile, run_dir, data_dir, manifest, seed, bagnet), **(extra_parameters or {})}
     timings_path = run_dir / "results" / "timings.json"
     previous = json.loads(timings_path.read_text()) if resume and timings_path.is_file() else {}
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     for name in notebooks:
-        nb_params = {**params, "MODEL": bagnet} if name == BAGNET_NOTEBOOK else params
-        if resume and already_done(name, run_dir, nb_params, notebook_dir):
+        if resume and already_done(name, run_dir, params, notebook_dir):
             timings[name] = previous.get(name, 0.0)
             print(f"[reproduce] {name} skipped (--resume: already ran with these parameters)", flush=True)
             continue
         resume = False  # everything after a notebook that runs must run too
         print(f"[reproduce] {name} …", flush=True)
-        timings[name] = run_notebook(name, run_dir, nb_params, timeout=cell_timeout, notebook_dir=notebook_dir)
+        timings[name] = run_notebook(name, run_dir, params, timeout=cell_timeout, notebook_dir=notebook_dir)
         write_json(timings_path, timings)
         print(f"[reproduce] {name} done in {timings[name]:.1f} s", flush=True)
     total = time.perf_counter() - t_all
@@ -160,7 +159,7 @@ def seed_study(run_dir: str | Path, seeds: list[int], publish_to: str | Path | N
     pieces. Then RUN_DIR/results/seeds.csv is written and notebook 05 runs again in RUN_DIR, so that summary.json
     and REPORT.md include the table (and claim (a) cites it). Returns the table.
     """
-    from .seeds import seed_run_dir, write_seeds
+    from bagnet_lib.writeup.seeds import seed_run_dir, write_seeds
 
     run_dir, notebook_dir = Path(run_dir).resolve(), Path(notebook_dir)
     meta_path, summary_path = run_dir / "run.json", run_dir / "results" / "summary.json"
@@ -179,7 +178,7 @@ def seed_study(run_dir: str | Path, seeds: list[int], publish_to: str | Path | N
     table = write_seeds(run_dir, [seed_run_dir(run_dir, s) for s in others])
     print(f"[seeds] {len(table)} seeds in {run_dir / 'results' / 'seeds.csv'}; the write-up again, with the table", flush=True)
     # timings.json keeps the course's own times (the seed table's course_minutes read it): this rerun is not timed
-    run_notebook(NOTEBOOKS[-1], run_dir, course_parameters(profile, run_dir, data_dir, manifest, meta["seed"]),
+    run_notebook(NOTEBOOKS[-1], run_dir, course_parameters(profile, run_dir, data_dir, manifest, meta["seed"], bagnet),
                  timeout=cell_timeout, notebook_dir=notebook_dir)
     if publish_to is not None:
         publish(run_dir, publish_to)
@@ -210,7 +209,7 @@ def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:
     report = (run_dir / "REPORT.md").read_text().replace("](figures/", f"](figures/{profile}/")
     write_text(res / "REPORT.md", report.replace(f"](figures/{profile}/", f"](../../figures/{profile}/"))
     if profile == "cpu":  # the reference run: top-level REPORT.md and the README's results and timings
-        from .readme import update_readme
+        from bagnet_lib.writeup.readme import update_readme
 
         write_text(repo / "REPORT.md", report)
         summary = json.loads((run_dir / "results" / "summary.json").read_text())

@@ -1,16 +1,13 @@
-"""Blackout experiments: logit cache, sweep engine, channel masking (the paper's code), pixel blackout.
+"""Patch blackout on cached patch logits: the logit cache and the sweep engine.
 
-Introduced in notebook 04. Three different things have been called "blackout":
+Introduced in notebook 04. Three different things have been called "blackout"; this module is the first,
+`channels` the second, `pixels` the third:
 
 1. *Patch blackout* (what the paper's text describes): drop patch logits before aggregating. Since
    a BagNet's patch logits do not depend on each other, the test set's patch logits are computed once
    (`cache_logits`) and any number of masks × aggregations are evaluated on the cache (`sweep`).
-2. *Channel masking* (what the paper's code did): multiply columns of `fc.weight` (the 2,048 feature
-   channels) by a 0/1 vector. After global average pooling this removes feature channels at every
-   position; no spatial patch is removed (`channel_mask`, `channel_masked_logits`).
-3. *Pixel blackout*: paint the image area of dropped tiles with the mean colour before the network
-   (`pixel_blackout`). Information is really removed from the input, and it works for ResNet-50 too,
-   so it is the only blackout that can compare the two networks.
+2. *Channel masking* (what the paper's code did): `bagnet_lib.blackout.channels`.
+3. *Pixel blackout* (information really removed from the input): `bagnet_lib.blackout.pixels`.
 """
 from __future__ import annotations
 
@@ -25,14 +22,16 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .aggregate import aggregate
-from .data.tensors import eval_batches, normalize
-from .errors import UserError
-from .io import atomic_write
-from .masks import make_mask
-from .metrics import correct, nll
+from bagnet_lib.blackout.aggregate import aggregate
+from bagnet_lib.blackout.masks import make_mask
+from bagnet_lib.data.tensors import eval_batches, normalize
+from bagnet_lib.errors import UserError
+from bagnet_lib.io import atomic_write
+from bagnet_lib.nets.metrics import correct, nll
 
+# The paper's four blackout settings (its Table 1 columns) and its random drop fractions.
 PAPER_SETTINGS = (("alternating", 0.5), ("random", 0.75), ("random", 0.5), ("random", 0.25))
+PAPER_FRACS = tuple(sorted(frac for kind, frac in PAPER_SETTINGS if kind == "random"))  # 0.25, 0.5, 0.75
 
 
 # --------------------------------------------------------------------------- logit cache
@@ -75,7 +74,7 @@ def cache_logits(model: nn.Module, images: Tensor, labels: Tensor, batch_size: i
 
     The backbone runs in `precision`, exactly as in `train.predict` (`features_fp32`), the head in fp32.
     """
-    from .train import features_fp32, resolve_precision
+    from bagnet_lib.nets.train import features_fp32, resolve_precision
 
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
@@ -91,7 +90,7 @@ def cache_logits(model: nn.Module, images: Tensor, labels: Tensor, batch_size: i
 
 
 # --------------------------------------------------------------------------- sweep engine
-def _scores(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def mean_scores(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Accuracy and mean cross-entropy along the last-but-one axis: logits [..., N, K] → [...]."""
     return correct(logits, labels).float().mean(-1), nll(logits, labels).mean(-1).float()
 
@@ -130,9 +129,9 @@ def sweep(cache: LogitCache, kinds: Iterable[str], drop_fracs: Iterable[float], 
                 keep_f = keep.float()
                 sums = torch.einsum("nkp,mnp->mnk", flat, keep_f)
                 denom = keep_f.sum(dim=2, keepdim=True) if agg == "mean" else torch.tensor(float(h * w))
-                acc, loss = _scores(sums / denom, y)
+                acc, loss = mean_scores(sums / denom, y)
             else:
-                acc, loss = _scores(torch.stack([aggregate(x, m.view(n, h, w), agg) for m in keep]), y)
+                acc, loss = mean_scores(torch.stack([aggregate(x, m.view(n, h, w), agg) for m in keep]), y)
             rows += [{"kind": kind, "drop_frac": frac, "seed": seed, "aggregation": agg, "acc": float(acc[i]),
                       "loss": float(loss[i]), "n_images": n, "kept_frac": float(kept_frac[i])}
                      for i, (kind, frac, seed) in enumerate(part)]
@@ -146,7 +145,7 @@ def summarize_sweep(df: pd.DataFrame) -> pd.DataFrame:
     """Per kind/fraction/aggregation: mean accuracy and loss over masks (or seeds), where 95 % of the masks lie
     (`acc_spread`, `loss_spread`: percentiles, not intervals), the Student-t interval of the mean over the
     seeds (`acc_t_ci`: for a few repeated runs such as pixel-blackout seeds), and the count."""
-    from .stats import spread, t_interval
+    from bagnet_lib.nets.metrics import spread, t_interval
 
     out = []
     for (kind, frac, agg), g in df.groupby(["kind", "drop_frac", "aggregation"], sort=True):
@@ -182,100 +181,3 @@ def per_image_scores(cache: LogitCache, kind: str, drop_fracs: Sequence[float], 
         rights.append(correct(logits, y))
         losses.append(nll(logits, y))
     return torch.stack(rights), torch.stack(losses).float()
-
-
-def channel_per_image(cache: LogitCache, kind: str, drop_frac: float, seeds: Sequence[int]) -> Tensor:
-    """Per-image correctness [M, N] under the paper's channel masks (`channel_sweep`'s masks, image by image)."""
-    c = cache.features.shape[1]
-    rows = []
-    for seed in (seeds if kind == "random" else [0]):
-        m = channel_mask(c, kind, drop_frac, torch.Generator().manual_seed(int(seed)))
-        rows.append(correct(channel_masked_logits(cache, m), cache.labels))
-    return torch.stack(rows)
-
-
-# --------------------------------------------------------------------------- channel masking
-def channel_mask(num_channels: int, kind: str = "random", drop_frac: float = 0.5,
-                 generator: torch.Generator | None = None) -> Tensor:
-    """The paper's code's 0/1 vector over the `fc` input channels: `alternating` (by index) or `random`."""
-    if kind == "alternating":
-        return (torch.arange(num_channels) % 2 == 0).float()
-    if kind == "random":
-        from .masks import n_dropped
-
-        drop = torch.randperm(num_channels, generator=generator)[:n_dropped(1, num_channels, drop_frac)]
-        m = torch.ones(num_channels)
-        m[drop] = 0.0
-        return m
-    raise ValueError(f"unknown channel mask kind {kind!r}; use 'alternating' or 'random'")
-
-
-def channel_masked_logits(cache: LogitCache, mask: Tensor) -> Tensor:
-    """Image logits with `fc.weight[:, c]` multiplied by `mask[c]`, the same vector for every class."""
-    return cache.features @ (cache.fc_weight * mask[None, :]).T + cache.fc_bias
-
-
-def channel_sweep(cache: LogitCache, settings: Sequence[tuple[str, float]] = PAPER_SETTINGS,
-                  seeds: Iterable[int] = range(30)) -> pd.DataFrame:
-    """Accuracy and loss of the paper's channel masking, one row per setting and seed."""
-    rows = []
-    c = cache.features.shape[1]
-    for kind, frac in settings:
-        for seed in (seeds if kind == "random" else [0]):
-            m = channel_mask(c, kind, frac, torch.Generator().manual_seed(int(seed)))
-            acc, loss = _scores(channel_masked_logits(cache, m), cache.labels)
-            rows.append({"kind": f"channel_{kind}", "drop_frac": float(frac), "seed": int(seed),
-                         "aggregation": "mean", "acc": float(acc), "loss": float(loss),
-                         "n_images": len(cache.labels), "kept_frac": float(m.mean())})
-    return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------- pixel blackout
-def tile_bounds(size: int, cells: int) -> list[tuple[int, int]]:
-    """Pixel [start, stop) of each of `cells` tiles laid evenly over `size` pixels."""
-    edges = [round(i * size / cells) for i in range(cells + 1)]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def pixel_keep_map(keep: Tensor, height: int, width: int) -> Tensor:
-    """Upsample a grid keep-mask [h, w] or [N, h, w] to a pixel mask [.., height, width]."""
-    h, w = keep.shape[-2:]
-    rows = torch.tensor([i for i, (a, b) in enumerate(tile_bounds(height, h)) for _ in range(b - a)])
-    cols = torch.tensor([j for j, (a, b) in enumerate(tile_bounds(width, w)) for _ in range(b - a)])
-    return keep[..., rows[:, None], cols[None, :]]
-
-
-def pixel_blackout(images: Tensor, keep: Tensor, fill: Tensor | float | None = None) -> Tensor:
-    """Paint the tiles of dropped grid cells with the ImageNet mean colour (uint8 in, uint8 out)."""
-    from .data.tensors import IMAGENET_MEAN
-
-    pix = pixel_keep_map(keep.to(torch.bool), images.shape[-2], images.shape[-1])
-    if pix.dim() == 2:
-        pix = pix.expand(images.shape[0], *pix.shape)
-    if fill is None:
-        fill = torch.tensor([round(255 * m) for m in IMAGENET_MEAN], dtype=images.dtype)
-    fill = torch.as_tensor(fill, dtype=images.dtype).view(1, -1, 1, 1)
-    return torch.where(pix[:, None], images, fill.expand_as(images))
-
-
-@torch.no_grad()
-def pixel_blackout_eval(model: nn.Module, images: Tensor, labels: Tensor, grid: tuple[int, int],
-                        drop_fracs: Iterable[float], seeds: Iterable[int], batch_size: int = 64,
-                        model_name: str = "", progress: bool = True, precision: str = "fp32") -> pd.DataFrame:
-    """Accuracy and loss with random tiles of a `grid` painted out, per drop fraction and seed.
-
-    Each image gets its own random mask (seeded by `seed`), so the result is an average over placements.
-    """
-    from .train import predict
-
-    h, w = grid
-    rows = []
-    configs = [(f, s) for f in drop_fracs for s in seeds]
-    for frac, seed in tqdm(configs, desc=f"pixel blackout {model_name}", disable=not progress, leave=False):
-        keep = make_mask("random", h, w, frac, seed, per_image=len(images))
-        logits = predict(model, pixel_blackout(images, keep), batch_size, precision=precision)
-        acc, loss = _scores(logits, labels)
-        rows.append({"model": model_name, "kind": "pixel", "drop_frac": float(frac), "seed": int(seed),
-                     "aggregation": "model", "acc": float(acc), "loss": float(loss), "n_images": len(labels),
-                     "kept_frac": float(keep.float().mean())})
-    return pd.DataFrame(rows)

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .io import write_text
-from .stats import t_interval
+from bagnet_lib.blackout.study import find
+from bagnet_lib.errors import UserError
+from bagnet_lib.io import write_text
+from bagnet_lib.nets.metrics import t_interval
 
 SEEDS_CSV = "seeds.csv"
 
@@ -68,8 +69,6 @@ def _change(summary: dict, reading: str, kind: str, frac: float) -> float:
 
 def _pixel_change(summary: dict, model: str, frac: float = 0.5) -> float:
     """Pixel blackout's change of `model`'s test accuracy (mean over its seeds − nothing painted)."""
-    from .summary import find  # summary reads the seed study, so it is imported here, not at the top
-
     entry = find(summary["blackout"], "pixel", frac, "model", model)
     return float(entry["acc_mean"] - summary[model]["test"]["acc"]) if entry else float("nan")
 

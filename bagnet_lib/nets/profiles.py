@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from .errors import UserError
+from bagnet_lib.errors import UserError
 
 
 @dataclass(frozen=True)

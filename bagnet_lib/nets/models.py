@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .errors import UserError
+from bagnet_lib.errors import UserError
 
 LAYERS = (3, 4, 6, 3)
 MODEL_NAMES = ("resnet50", "bagnet9", "bagnet17", "bagnet33")
@@ -152,6 +152,14 @@ class PatchResNet(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
+def model_label(name: str) -> str:
+    """`bagnet33` → `BagNet-33`, `resnet50` → `ResNet-50`: the names the papers use."""
+    for prefix, label in (("bagnet", "BagNet-"), ("resnet", "ResNet-")):
+        if name.startswith(prefix):
+            return label + name[len(prefix):]
+    return name
+
+
 def _scaled(channels: int, width: float) -> int:
     return max(8, int(round(channels * width)))
 
@@ -161,7 +169,7 @@ def resnet50(num_classes: int = 1000, pretrained: bool = False, width: float = 1
     model = PatchResNet(bagnet=False, kernel3=LAYERS, strides=(1, 2, 2, 2),
                         num_classes=1000 if pretrained else num_classes, width=width)
     if pretrained:
-        from .weights import load_resnet50_imagenet
+        from bagnet_lib.nets.weights import load_resnet50_imagenet
         _require_full_width(width, "resnet50")
         load_resnet50_imagenet(model)
         model.fc = nn.Linear(model.num_features, num_classes)
@@ -188,7 +196,7 @@ def bagnet(name: str, num_classes: int = 1000, pretrained: bool = False, width: 
                         bn_momentum=bn_momentum, geometry=PatchGeometry(size=rf, stride=8),
                         stem_bn_momentum=stem_bn_momentum)
     if pretrained:
-        from .weights import load_bagnet_imagenet
+        from bagnet_lib.nets.weights import load_bagnet_imagenet
         _require_full_width(width, name)
         load_bagnet_imagenet(model, name)
         model.fc = nn.Linear(model.num_features, num_classes)

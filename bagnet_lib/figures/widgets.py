@@ -33,10 +33,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .aggregate import AGGREGATIONS, aggregate
-from .experiments import LogitCache, pixel_blackout
-from .masks import make_mask
-from .plots import png_bytes, save, to_hwc
+from bagnet_lib.blackout.aggregate import AGGREGATIONS, aggregate
+from bagnet_lib.blackout.masks import make_mask
+from bagnet_lib.blackout.pixels import pixel_blackout
+from bagnet_lib.blackout.sweep import LogitCache
+from bagnet_lib.figures.plots import png_bytes, save, to_hwc
 
 # Names shown to users → mask kinds of `make_mask`. The plain kind names are accepted too.
 PATTERNS = {

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io import write_text
-from .paper import model_label
-from .report import seed_table, table1, verdict_lines
+from bagnet_lib.io import write_text
+from bagnet_lib.nets.models import model_label
+from bagnet_lib.writeup.report import seed_table, table1, verdict_lines
 
 NOTEBOOK_LABELS = {"01_data_exploration.ipynb": "01 data", "02_train_resnet50.ipynb": "02 ResNet-50",
                    "03_train_bagnet.ipynb": "03 BagNet", "04_blackout_experiments.ipynb": "04 blackout",

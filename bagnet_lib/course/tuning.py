@@ -15,11 +15,11 @@ import re
 from dataclasses import fields, replace
 from pathlib import Path
 
-from .errors import UserError
-from .io import write_json
-from .profiles import Profile, get_profile
+from bagnet_lib.errors import UserError
+from bagnet_lib.io import PROJECT_ROOT, write_json
+from bagnet_lib.nets.profiles import Profile, get_profile
 
-TUNING_DIR = Path(__file__).resolve().parents[1] / "results" / "tuning"
+TUNING_DIR = PROJECT_ROOT / "results" / "tuning"
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -50,7 +50,7 @@ def tune(name: str, overrides: dict, models: tuple[str, ...] = ("resnet50", "bag
          run_dir: str | Path | None = None, data_dir: str | Path | None = None, manifest: str | Path | None = None,
          seed: int = 0, out: str | Path | None = None, progress: bool = True) -> list[dict]:
     """Train `models` with `profile` and `overrides`; append their records to results/tuning/<profile>.json."""
-    from .pipeline import prepare_run, train_step
+    from bagnet_lib.course.pipeline import prepare_run, train_step
 
     base = get_profile(profile)
     p = replace(base, **overrides)

@@ -11,12 +11,13 @@ import json
 import os
 from pathlib import Path
 
-from .figures import caption, order, registered
-from .io import write_text
-from .paper import BAGNET_PAPER_URL, BAGNET_TITLE, CS229_CODE_URL, CS229_TITLE, model_label
-from .pipeline import Run
-from .seeds import NUMBERS, VERDICTS
-from .summary import find
+from bagnet_lib.blackout.study import find
+from bagnet_lib.figures.registry import caption, order, registered
+from bagnet_lib.io import write_text
+from bagnet_lib.nets.models import model_label
+from bagnet_lib.nets.run import Run
+from bagnet_lib.writeup.paper import BAGNET_PAPER_URL, BAGNET_TITLE, CS229_CODE_URL, CS229_TITLE
+from bagnet_lib.writeup.seeds import NUMBERS, VERDICTS
 
 STRUCTURED_ROWS = (("center", "keep the centre, drop the outer ring"), ("border", "keep the border, drop the centre"),
                    ("topk", "keep the most confident patches (an oracle: ranked by the full-image prediction)"),

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .paper import model_label
-from .stats import bootstrap_ci, bootstrap_statistic_ci, spread, t_interval
+from bagnet_lib.nets.metrics import bootstrap_ci, bootstrap_statistic_ci, spread, t_interval
+from bagnet_lib.nets.models import model_label
 
 COMPARABLE_MARGIN = 0.05  # (a) "comparable": the image-bootstrap interval of the difference lies within ±5 points
 NO_LOSS_MARGIN = 0.01  # (c) "without loss of accuracy": the masked − full interval stays above −1 point

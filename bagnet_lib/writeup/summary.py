@@ -13,52 +13,23 @@ import json
 import numpy as np
 import pandas as pd
 
-from . import verdicts as V
-from .experiments import summarize_sweep
-from .io import display_path, write_json
-from .metrics import correct, cross_entropy, nll
-from .paper import PAPER_FRACS, PAPER_TABLE1, model_label
-from .pipeline import CURVE_FRACS, Run, blackout_runs, mask_seeds, pixel_tiles
-from .seeds import seeds_summary
-from .stats import bootstrap_ci, spread
-
-
-def blackout_summary(runs: pd.DataFrame) -> list[dict]:
-    """One entry per experiment/kind/fraction/aggregation/model: mean accuracy and loss over masks (or seeds),
-    where 95 % of them lie, and (for a few seeds, e.g. pixel blackout) the Student-t interval of the mean."""
-    setting_of = {"checkerboard": "alternating", "raster": "alternating", "channel_alternating": "channel",
-                  "channel_random": "channel"}
-    out = []
-    for (model, exp), g in runs.groupby(["model", "experiment"], sort=False):
-        if exp == "curve":  # 20 fractions × many masks: summarised by the drop-curve figure and verdict (d)
-            continue
-        for row in summarize_sweep(g).to_dict("records"):
-            out.append({"setting": setting_of.get(row["kind"], row["kind"]), "kind": row["kind"], "model": model,
-                        "experiment": exp, "drop_frac": row["drop_frac"], "aggregation": row["aggregation"],
-                        "n_seeds": row["n_seeds"], "acc_mean": row["acc_mean"], "acc_spread": row["acc_spread"],
-                        "acc_t_ci": row["acc_t_ci"], "loss_mean": row["loss_mean"]})
-    return out
-
-
-def drop_curve_summary(runs: pd.DataFrame) -> list[dict]:
-    """The drop curve (experiment `curve`): per fraction and aggregation, mean accuracy/loss and where 95 % of
-    the masks lie."""
-    out = []
-    for model, g in runs[runs["experiment"] == "curve"].groupby("model", sort=True):
-        for row in summarize_sweep(g).to_dict("records"):
-            out.append({"model": model, "drop_frac": float(row["drop_frac"]), "aggregation": row["aggregation"],
-                        "n_masks": row["n_seeds"], "acc_mean": float(row["acc_mean"]), "acc_spread": row["acc_spread"],
-                        "loss_mean": float(row["loss_mean"]), "loss_spread": row["loss_spread"]})
-    return out
-
-
-def find(blackout: list[dict], kind: str, frac: float, agg: str = "mean", model: str = "bagnet33") -> dict | None:
-    """The summary entry of one setting, or None."""
-    for b in blackout:
-        if b["kind"] == kind and abs(b["drop_frac"] - frac) < 1e-9 and b["aggregation"] == agg and b["model"] == model:
-            return b
-    return None
-
+from bagnet_lib.blackout.study import (
+    CURVE_FRACS,
+    blackout_runs,
+    blackout_summary,
+    drop_curve_summary,
+    find,
+    mask_seeds,
+    pixel_tiles,
+)
+from bagnet_lib.blackout.sweep import PAPER_FRACS
+from bagnet_lib.io import display_path, write_json
+from bagnet_lib.nets.metrics import bootstrap_ci, correct, cross_entropy, nll, spread
+from bagnet_lib.nets.models import model_label
+from bagnet_lib.nets.run import Run
+from bagnet_lib.writeup import verdicts as V
+from bagnet_lib.writeup.paper import PAPER_TABLE1
+from bagnet_lib.writeup.seeds import seeds_summary
 
 # The rows of Table 1 that involve blackout: (label, reading, kind, fraction, the paper's column).
 BLACKOUT_ROWS = (
@@ -84,7 +55,8 @@ def blackout_evidence(run: Run, bagnet: str = "bagnet33") -> dict:
     differences; for the drop curve: per-image loss and accuracy increases at each fraction, `mean` and
     `zero`, and the temperature null of `zero`. The masks are the ones `blackout_step` used (same seeds).
     """
-    from .experiments import LogitCache, channel_per_image, per_image_scores
+    from bagnet_lib.blackout.channels import channel_per_image
+    from bagnet_lib.blackout.sweep import LogitCache, per_image_scores
 
     cache = LogitCache.load(run.run_dir / "cache" / f"{bagnet}_test_logits.pt")
     seeds, curve_seeds = mask_seeds(run)
@@ -191,7 +163,7 @@ def leakage_note(run: Run) -> str | None:
 
 def run_setting(run: Run, bagnet: str) -> dict:
     """What this run did, next to what the paper did: the first section of the write-up."""
-    from .models import build_model
+    from bagnet_lib.nets.models import build_model
 
     p = run.profile
     geometry = build_model(bagnet, len(run.classes), width=p.width).geometry

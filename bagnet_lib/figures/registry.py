@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paper import model_label
+from bagnet_lib.nets.models import model_label
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The paper this course reproduces: its links and the numbers it printed (the only numbers typed in).
 
-Introduced in notebook 05. Table 1 is copied as printed; `../shared/paper/README.md` explains how to read it
+Introduced in notebook 05 (its settings, as an experiment design, are `blackout.sweep.PAPER_SETTINGS`). Table 1 is copied as printed; `../shared/paper/README.md` explains how to read it
 (its "train" columns are the best validation epoch, and its random 75 % column repeats the 50 % one).
 """
 from __future__ import annotations
@@ -20,12 +20,3 @@ PAPER_TABLE1 = {  # as printed in the paper (test; train where given)
     "random 75%": {"acc": 0.8327, "loss": 0.5445},  # identical to the 50 % column: most likely a copy error
 }
 PAPER_POINTS = {0.5: (0.8327, 0.5445), 0.25: (0.8827, 0.4123), 0.75: (0.8327, 0.5445)}  # for the drop-curve figure
-PAPER_FRACS = (0.25, 0.5, 0.75)  # the paper's random blackout settings
-
-
-def model_label(name: str) -> str:
-    """`bagnet33` → `BagNet-33`, `resnet50` → `ResNet-50`: the names the papers use."""
-    for prefix, label in (("bagnet", "BagNet-"), ("resnet", "ResNet-")):
-        if name.startswith(prefix):
-            return label + name[len(prefix):]
-    return name

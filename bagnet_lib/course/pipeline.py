@@ -1,0 +1,161 @@
+"""The course as steps over one run directory: prepare (01), train (02, 03); then the blackout study (04,
+`bagnet_lib.blackout.study`) and the write-up (05, `bagnet_lib.writeup`).
+
+The notebooks call these steps; the CLI commands `train`, `cache-logits` and `sweep` call them too, and
+`python -m bagnet_lib reproduce` runs the notebooks (`runner`). What a run directory holds: `bagnet_lib.nets.run`.
+Every step is idempotent: run again, it reuses what is there (training resumes).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from bagnet_lib.data.folder import DEFAULT_DATA_DIR, class_names, find_data_dir
+from bagnet_lib.data.split import make_split, read_manifest, read_split, subsample, write_split
+from bagnet_lib.data.tensors import eval_batch
+from bagnet_lib.errors import UserError
+from bagnet_lib.io import PROJECT_ROOT, write_json
+from bagnet_lib.nets.metrics import correct, evaluate_logits, nll
+from bagnet_lib.nets.models import build_model
+from bagnet_lib.nets.profiles import Profile, get_profile
+from bagnet_lib.nets.run import Run
+from bagnet_lib.nets.train import load_best, predict, resolve_precision, train_model
+
+SYNTHETIC_BANNER = ("=" * 78 + "\n  NO REAL DATASET FOUND: this run uses the embedded SYNTHETIC flowers.\n"
+                    "  Its numbers say nothing about the paper. For the real data set BAGNET_DATA\n"
+                    "  (e.g. BAGNET_DATA=../shared/data/flowers) or run `python -m bagnet_lib data download`.\n"
+                    + "=" * 78)
+
+
+def choose_data(data_dir: str | Path | None, allow_synthetic: bool = True, try_download: bool = True,
+                synthetic_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, bool]:
+    """The dataset to use and whether it is synthetic: real data if found, else a download, else synthetic.
+
+    Set BAGNET_NO_DOWNLOAD=1 to skip the download attempt (the tests do: they never touch the network).
+    """
+    try_download = try_download and not os.environ.get("BAGNET_NO_DOWNLOAD")
+    found = find_data_dir(data_dir)
+    if found is not None:
+        return found, (found / "synthetic.json").is_file()
+    if data_dir is not None:  # an explicit path that holds no dataset is an error, not a fallback
+        from bagnet_lib.data.folder import resolve_data_dir
+
+        resolve_data_dir(data_dir)
+    if try_download:
+        from bagnet_lib.data.download import download_flowers
+
+        try:
+            return download_flowers(DEFAULT_DATA_DIR, timeout=5.0, progress=progress), False
+        except UserError as exc:
+            print(f"[data] download not possible: {exc}")
+    if not allow_synthetic:
+        from bagnet_lib.data.folder import resolve_data_dir
+
+        resolve_data_dir(None)
+    from bagnet_lib.data.synthetic import generate_synthetic_dataset
+
+    return generate_synthetic_dataset(synthetic_dir or PROJECT_ROOT / "data" / "synthetic", progress=progress), True
+
+
+def prepare_run(run_dir: str | Path, profile: str | Profile = "cpu", data_dir: str | Path | None = None,
+                manifest: str | Path | None = None, seed: int = 0, allow_synthetic: bool = True,
+                progress: bool = True) -> Run:
+    """Open (or create) a run directory: choose the data, audit it, write the split once.
+
+    `manifest` defaults to $BAGNET_MANIFEST (set by `make lab` and `make reproduce` to the paper's split
+    when the shared flowers are used), so notebooks run by hand give the same split as the runner.
+    """
+    run_dir = Path(run_dir)
+    manifest = manifest or os.environ.get("BAGNET_MANIFEST") or None
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    meta_path = run_dir / "run.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta["profile"]["name"] != profile.name or meta["seed"] != seed:
+            raise UserError(f"{run_dir} holds a run with profile {meta['profile']['name']!r} and seed {meta['seed']}; "
+                            f"this one asks for {profile.name!r} and seed {seed}. Use another --run-dir.")
+        if data_dir is not None and Path(data_dir).resolve() != Path(meta["data_dir"]).resolve():
+            raise UserError(f"{run_dir} was made with data {meta['data_dir']}, not {data_dir}. Use another --run-dir.")
+        data, synthetic = Path(meta["data_dir"]), bool(meta["synthetic"])
+    else:
+        data, synthetic = choose_data(data_dir, allow_synthetic, progress=progress)
+        data = data.resolve()
+        if synthetic and manifest is not None:
+            print(f"[data] ignoring the manifest {manifest}: it belongs to the real flowers, not the synthetic set")
+            manifest = None
+        meta = {"profile": profile.to_dict(), "data_dir": str(data.resolve()), "synthetic": synthetic, "seed": seed,
+                "manifest": str(manifest) if manifest else None, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if synthetic:
+        print(SYNTHETIC_BANNER)
+    split_path = run_dir / "split.csv"
+    if not split_path.is_file():
+        from bagnet_lib.data.audit import audit_dataset
+
+        audit = audit_dataset(data, progress=progress)
+        write_json(run_dir / "audit.json", audit.to_json())
+        split = read_manifest(data, manifest) if manifest else make_split(data, seed=seed, audit=audit)
+        if profile.images_per_class:
+            split = subsample(split, profile.images_per_class, seed)
+        write_split(split, split_path)
+        write_json(meta_path, meta)
+    split = read_split(split_path)
+    classes = class_names(data)
+    for sub in ("results", "figures"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    return Run(run_dir, profile, data, synthetic, seed, split, classes)
+
+
+def leakage_report(run: Run, manifest: str | Path | None = None) -> pd.DataFrame:
+    """Duplicate groups that cross splits, for this run's split, the paper's manifest and a fresh project split.
+
+    Introduced in notebook 01. Written to results/leakage.csv.
+    """
+    from bagnet_lib.data.audit import split_leakage
+
+    audit = run.audit()
+    tables = {"this run": run.split}
+    if manifest:
+        tables["paper's split (manifest)"] = read_manifest(run.data_dir, manifest)
+    tables["project split (duplicate-aware, conflicts excluded)"] = make_split(run.data_dir, seed=run.seed, audit=audit)
+    rows = []
+    for name, table in tables.items():
+        leaks = split_leakage(table, audit)
+        rows.append({"split": name, "images": len(table), "duplicate_groups_across_splits": len(leaks),
+                     "groups_in_train_and_test": int(sum({"train", "test"} <= set(s) for s in leaks["splits"])),
+                     "label_conflict_files_used": int(table["path"].isin({p for g in audit.conflict_groups for p in g}).sum())})
+    out = pd.DataFrame(rows)
+    out.to_csv(run.results / "leakage.csv", index=False)
+    return out
+
+
+def train_step(run: Run, model_name: str, progress: bool = True) -> dict:
+    """Train `model_name` (resuming if interrupted), then score its best checkpoint on train and test."""
+    p = run.profile
+    train, val, test = (run.tensors(s, progress) for s in ("train", "val", "test"))
+    torch.manual_seed(run.seed)
+    model = build_model(model_name, len(run.classes), pretrained=p.pretrained, feature_extract=p.feature_extract,
+                        width=p.width, zero_init_residual=p.zero_init_residual)
+    t0 = time.perf_counter()
+    result = train_model(model, train, val, p.for_model(model_name), run.run_dir / "checkpoints", model_name, run.seed, progress=progress,
+                         history_path=run.results / f"{model_name}_history.csv")
+    load_best(model, result.best_checkpoint)
+    metrics = {"model": model_name, "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
+               "precision": resolve_precision(p.precision, next(model.parameters()).device),
+               "train_seconds": float(result.history["seconds"].sum()), "wall_seconds": time.perf_counter() - t0,
+               "n_parameters": sum(q.numel() for q in model.parameters())}
+    for name, data in (("train", train), ("test", test)):
+        logits = predict(model, eval_batch(data, p.image_size), p.eval_batch_size, precision=p.precision)
+        metrics[name] = evaluate_logits(logits, data.labels, run.classes, seed=run.seed)
+        if name == "test":  # per-image predictions: paired comparisons and the images a model gets wrong
+            probs = logits.softmax(dim=1)
+            pd.DataFrame({"path": data.paths, "label": [run.classes[i] for i in data.labels],
+                          "pred": [run.classes[i] for i in probs.argmax(1)], "prob": probs.max(1).values.numpy(),
+                          "correct": correct(logits, data.labels).numpy(), "nll": nll(logits, data.labels).numpy()}
+                         ).to_csv(run.results / f"{model_name}_test_predictions.csv", index=False)
+    write_json(run.results / f"{model_name}_metrics.json", metrics)
+    return metrics
