@@ -4,10 +4,15 @@ The names a notebook or a user calls first are here; everything else is in the f
 `data` (01), `nets` (02, 03), `blackout` (04), `writeup` (05), `figures`, `course` (the steps and the
 headless runner) and `bench`. The folders and their layers: docs/architecture.md.
 
-    >>> from bagnet_lib import bagnet33, make_mask, aggregate
-    >>> model = bagnet33(num_classes=5)          # patch logits [N, 5, 24, 24] at 224 px
+    >>> import torch
+    >>> from bagnet_lib import aggregate, bagnet33, make_mask
+    >>> model = bagnet33(num_classes=5).eval()
+    >>> patch_logits = model.patch_logits(torch.zeros(1, 3, 224, 224))
+    >>> tuple(patch_logits.shape)                  # a 24×24 grid of patch logits at 224 px
+    (1, 5, 24, 24)
     >>> keep = make_mask("random", 24, 24, drop_frac=0.5, seed=0)
-    >>> # logits = aggregate(model.patch_logits(images), keep)   # classify from the kept patches only
+    >>> tuple(aggregate(patch_logits, keep).shape)  # image logits from the kept half of the patches
+    (1, 5)
 """
 from bagnet_lib.blackout.aggregate import aggregate
 from bagnet_lib.blackout.masks import make_mask

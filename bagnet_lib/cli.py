@@ -72,14 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a small version (under a minute), used by the tests")
     b.add_argument("--from-json", default=None, help="do not measure: read an earlier result from this JSON file")
     b.add_argument("--readme", default=None,
-                   help="train, precision: rewrite the README's <!-- bench-NAME --> block from the result")
+                   help="train, precision: rewrite the <!-- bench-NAME --> block (README or docs/ beside it) from the result")
     u = sub.add_parser("tune", help="a tuning run: train with some profile fields replaced, record it in "
                                     "results/tuning/<profile>.json")
     u.add_argument("--name", required=True, help="the run's name in the tuning table")
     u.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="replace a profile field, e.g. --set image_size=160 (repeatable)")
     u.add_argument("--models", nargs="+", default=["resnet50", "bagnet33"])
-    u.add_argument("--readme", default=None, help="rewrite this README's <!-- tuning --> block afterwards")
+    u.add_argument("--readme", default=None, help="rewrite the <!-- tuning --> block (docs/profiles.md beside this README) afterwards")
     u.add_argument("--run-dir", default=None, help="run directory (default runs/tune/<name>)")
     u.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     u.add_argument("--data-dir", default=None)
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--manifest", default=None, help="use this path,split CSV instead of a new split")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--bagnet", default="bagnet33", choices=["bagnet9", "bagnet17", "bagnet33"],
-                   help="the BagNet notebook 03 trains and notebooks 04-05 study (notebook 03's MODEL)")
+                   help="the BagNet notebook 03 trains and notebooks 04-05 study (the notebooks' BAGNET)")
     r.add_argument("--resume", action="store_true",
                    help="skip notebooks that already ran without error with the same parameters in this run directory")
     r.add_argument("--publish", action="store_true",
@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             write_json(args.json, result)
             print(f"written to {args.json}")
-            if args.name == "sparse":  # its figure beside the JSON (the README shows results/bench/sparse.png)
+            if args.name == "sparse":  # its figure beside the JSON (docs/performance.md shows results/bench/sparse.png)
                 bench.plot_sparse(result, Path(args.json).with_suffix(".png"))
                 print(f"figure written to {Path(args.json).with_suffix('.png')}")
         if args.readme:
@@ -229,13 +229,13 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _rewrite_block(readme: Path, name: str, content: str) -> None:
-    """Rewrite the README block `name`, or say clearly which marker lines are missing."""
+    """Rewrite the block `name` (in the README or a docs/ page beside it), or say clearly which marker lines are missing."""
     from bagnet_lib.writeup.readme import update_block
 
     if not update_block(readme, name, content):
-        raise UserError(f"{readme} has no '<!-- {name}:start -->' … '<!-- {name}:end -->' block; add the two marker "
-                        "lines where the table belongs.")
-    print(f"rewrote the {name} block of {readme}")
+        raise UserError(f"Neither {readme} nor a page of {readme.parent / 'docs'} has a '<!-- {name}:start -->' … "
+                        f"'<!-- {name}:end -->' block; add the two marker lines where the table belongs.")
+    print(f"rewrote the {name} block ({readme} or docs/ beside it)")
 
 
 def main(argv: list[str] | None = None) -> int:

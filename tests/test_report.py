@@ -77,6 +77,27 @@ def test_update_readme_rewrites_only_its_marked_blocks(tmp_path):
     assert update_readme(readme, _summary(), TIMINGS) and readme.read_text() == text  # idempotent
 
 
+def test_generated_blocks_are_found_in_the_docs_pages_beside_the_readme(tmp_path):
+    from bagnet_lib.writeup.readme import update_block
+
+    readme, docs = tmp_path / "README.md", tmp_path / "docs"
+    docs.mkdir()
+    readme.write_text("# title\n<!-- results:start -->\nold table\n<!-- results:end -->\n")
+    (docs / "performance.md").write_text("# Performance\n<!-- timings:start -->\nold times\n<!-- timings:end -->\n")
+    (docs / "profiles.md").write_text("# Profiles\n<!-- tuning:start -->\nold tuning\n<!-- tuning:end -->\nrest\n")
+    assert update_readme(readme, _summary(), TIMINGS)
+    assert "old table" not in readme.read_text() and "41.3 min" in readme.read_text()
+    perf = (docs / "performance.md").read_text()
+    assert "old times" not in perf and "| 70 | 600 | 1700 | 100 | 5 | 41.3 min |" in perf
+    assert "| 70 | 600" not in readme.read_text()  # each block is written where it lives, nowhere else
+    assert update_block(readme, "tuning", "new tuning")
+    assert (docs / "profiles.md").read_text() == ("# Profiles\n<!-- tuning:start -->\nnew tuning\n<!-- tuning:end -->\n"
+                                                 "rest\n")
+    before = {p: p.read_bytes() for p in (readme, *docs.iterdir())}
+    assert update_block(readme, "nowhere", "x") is False
+    assert {p: p.read_bytes() for p in before} == before
+
+
 def test_update_readme_leaves_a_readme_without_blocks_alone(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n<!-- results:start -->\nonly one of the two blocks\n<!-- results:end -->\n")

@@ -1,4 +1,4 @@
-"""The blackout explorer (bagnet_lib.widgets) on a hand-made logit cache whose answers are known."""
+"""The blackout explorer (bagnet_lib.figures.widgets) on a hand-made logit cache whose answers are known."""
 from __future__ import annotations
 
 import math

@@ -230,7 +230,7 @@ def run(quick: bool = False) -> dict:
 
 
 def format_table(result: dict) -> str:
-    """The result as the README's table (Markdown)."""
+    """The result as the bench-train table of docs/performance.md (Markdown)."""
     r = result
     lines = [f"`cpu` profile's training step ({r.get('train_crop', r['image_size'])} px crops, width {r['width']}, batch {r['batch_size']}, "
              f"{r['torch_threads']} threads, {r['data']} data{', quick run' if r.get('quick') else ''}); matmul peak "

@@ -208,7 +208,7 @@ def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:
             shutil.copy2(src / name, dst / name)
     report = (run_dir / "REPORT.md").read_text().replace("](figures/", f"](figures/{profile}/")
     write_text(res / "REPORT.md", report.replace(f"](figures/{profile}/", f"](../../figures/{profile}/"))
-    if profile == "cpu":  # the reference run: top-level REPORT.md and the README's results and timings
+    if profile == "cpu":  # the reference run: top-level REPORT.md and the README's results and docs/performance.md's timings
         from bagnet_lib.writeup.readme import update_readme
 
         write_text(repo / "REPORT.md", report)
@@ -216,6 +216,6 @@ def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:
         timings_path = run_dir / "results" / "timings.json"  # the runner's own file: the one writer of the times
         timings = json.loads(timings_path.read_text()) if timings_path.is_file() else None
         if (repo / "README.md").is_file() and update_readme(repo / "README.md", summary, timings):
-            print(f"[publish] updated the results and timings in {repo / 'README.md'}")
+            print(f"[publish] updated the results ({repo / 'README.md'}) and the timings (docs/performance.md)")
     print(f"[publish] copied figures to {figs} and results to {res}")
     return res

@@ -5,7 +5,7 @@ directory, resumable like any training), then appends one record per model to
 `results/tuning/<profile>.json`: the settings that differ from the profile, best validation epoch and
 accuracy, per-epoch validation accuracy, test accuracy and loss, seconds per epoch, the machine's load.
 Choices are made on validation accuracy; the test numbers are recorded because hiding them would be worse.
-`tuning_table` renders the file as the README's "How the cpu profile was tuned" table (the `tuning` block).
+`tuning_table` renders the file as docs/profiles.md's "How the cpu profile was tuned" table (the `tuning` block).
 """
 from __future__ import annotations
 

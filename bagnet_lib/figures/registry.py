@@ -2,7 +2,7 @@
 
 `views` saves through `figure_path` (so an unregistered name fails at once), the report embeds figures with
 `caption`, and the tests check a run's figures folder against `expected`. `{bagnet}` in a name stands for the
-BagNet the run studies (notebook 03's `MODEL`), e.g. `03_{bagnet}_history.png` → `03_bagnet17_history.png`.
+BagNet the run studies (the notebooks' `BAGNET`), e.g. `03_{bagnet}_history.png` → `03_bagnet17_history.png`.
 """
 from __future__ import annotations
 

@@ -64,8 +64,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", image_size=64, width=0.125, epochs=1, batch_size=16, optimizer="sgd", lr=0.05,
                      weight_decay=5e-4, schedule="cosine", images_per_class=12, eval_batch_size=64,
                      n_seeds=3, curve_masks=5, pixel_seeds=1, precision="bf16", channels_last=True),
-    # cpu: tuned by validation accuracy within the 60-minute course budget (README, "Profiles")
-    # (160 px: a 16×16 patch grid; 128 px training crops, FixRes; README "How the cpu profile was tuned")
+    # cpu: tuned by validation accuracy within the 60-minute course budget (docs/profiles.md)
+    # (160 px: a 16×16 patch grid; 128 px training crops, FixRes; docs/profiles.md, "How the cpu profile was tuned")
     "cpu": Profile("cpu", image_size=160, train_size=128, width=0.25, epochs=45, bagnet_epochs=40, batch_size=32,
                    optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine", warmup_epochs=1,
                    label_smoothing=0.1, crop_scale_min=0.35, zero_init_residual=True, n_seeds=30, curve_masks=100,

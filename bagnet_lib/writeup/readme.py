@@ -1,8 +1,10 @@
-"""The README's generated blocks: text between `<!-- name:start -->` and `<!-- name:end -->`.
+"""The generated blocks of the README and docs/: text between `<!-- name:start -->` and `<!-- name:end -->`.
 
-`publish` rewrites `results` and `timings` from a published run (its summary.json and the runner's
-timings.json); `bench … --readme` and `tune … --readme` rewrite their own blocks. This module is the one
-place that edits README.md.
+A block lives in the README or in one page of `docs/` beside it (`results` in README.md, `timings`,
+`bench-train` and `bench-precision` in docs/performance.md, `tuning` in docs/profiles.md); each writer names
+the README and the block, and this module finds the file that holds it. `publish` rewrites `results` and
+`timings` from a published run (its summary.json and the runner's timings.json); `bench … --readme` and
+`tune … --readme` rewrite their own blocks. This module is the one place that edits README.md and docs/.
 """
 from __future__ import annotations
 
@@ -66,29 +68,46 @@ def replace_block(text: str, name: str, content: str) -> str:
     return f"{head}{start}\n{content.strip()}\n{end}{tail}"
 
 
-def update_block(readme: str | Path, name: str, content: str) -> bool:
-    """Rewrite one block of `readme` in place; False (and nothing written) if it has no such block."""
+def block_files(readme: str | Path) -> list[Path]:
+    """The files that may hold a generated block: the README, then the pages of docs/ beside it."""
     readme = Path(readme)
-    text = readme.read_text()
-    try:
-        new = replace_block(text, name, content)
-    except ValueError:
+    return [readme, *sorted((readme.parent / "docs").glob("*.md"))]
+
+
+def _holder(readme: str | Path, name: str) -> Path | None:
+    """The file (README or a docs/ page) with a `name` block, or None."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    for path in block_files(readme):
+        if path.is_file():
+            text = path.read_text()
+            if start in text and end in text:
+                return path
+    return None
+
+
+def update_block(readme: str | Path, name: str, content: str) -> bool:
+    """Rewrite the `name` block in whichever of the README and docs/ pages holds it; False (and nothing
+    written) if none does."""
+    return update_blocks(readme, {name: content})
+
+
+def update_blocks(readme: str | Path, blocks: dict[str, str]) -> bool:
+    """Rewrite several blocks, each in the file that holds it; False (and nothing written) unless every one is found."""
+    holders = {name: _holder(readme, name) for name in blocks}
+    if None in holders.values():
         return False
-    if new != text:
-        write_text(readme, new)
+    texts = {path: path.read_text() for path in set(holders.values())}
+    new = dict(texts)
+    for name, content in blocks.items():
+        new[holders[name]] = replace_block(new[holders[name]], name, content)
+    for path, text in new.items():
+        if text != texts[path]:
+            write_text(path, text)
     return True
 
 
 def update_readme(readme: str | Path, summary: dict, timings: dict | None = None) -> bool:
-    """Rewrite the README's `results` and `timings` blocks from a published run; False (and nothing written)
-    unless it has both."""
-    readme = Path(readme)
-    text = readme.read_text()
-    try:
-        new = replace_block(text, "results", results_block(summary, timings))
-        new = replace_block(new, "timings", timings_block(summary["profile"], timings))
-    except ValueError:
-        return False
-    if new != text:
-        write_text(readme, new)
-    return True
+    """Rewrite the `results` and `timings` blocks from a published run; False (and nothing written) unless both
+    are found (in the README or docs/ beside it)."""
+    return update_blocks(readme, {"results": results_block(summary, timings),
+                                  "timings": timings_block(summary["profile"], timings)})

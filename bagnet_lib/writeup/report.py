@@ -277,7 +277,7 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
               "own setting.",
               *([] if study else ["- Train with several seeds (`make seeds`) to separate the architecture from the "
                                   "luck of one run."]),
-              "- Change `MODEL` in notebook 03 to `bagnet17` or `bagnet9`: smaller windows make sparse evaluation "
+              "- Change `BAGNET` in notebook 03 to `bagnet17` or `bagnet9`: smaller windows make sparse evaluation "
               "cheaper and the drop curve steeper or flatter (the frontier shows both).", ""]
     rest = sorted((n for n in available if n not in embedded), key=order)
     if rest:
