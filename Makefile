@@ -28,7 +28,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make test        create .venv, install, run ruff and import-linter (make lint), then pytest (all but the browser test)"
-	@echo "make test-fast   the quick lane: pytest without the tests marked slow (under a minute)"
+	@echo "make test-fast   the quick lane: pytest without the tests marked slow (about 3 minutes)"
 	@echo "make test-browser  the blackout explorer in JupyterLab, driven in headless Chromium (needs chromium on PATH)"
 	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR), BAGNET=$(BAGNET))"
 	@echo "make seeds       after make reproduce: the course again with training seeds $(SEEDS) beside $(RUN_DIR), the seed table in its report (about 54 min a seed at the cpu profile on 2 cores; resumable)"
@@ -54,7 +54,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check bagnet_lib tests
 	$(VENV)/bin/lint-imports --no-cache
 
-# The quick lane while iterating: everything but the tests marked `slow` (notebook runs, training subprocesses,
+# The quick lane while iterating (about 3 minutes on 2 cores): everything but the tests marked `slow` (notebook runs, training subprocesses,
 # smoke pipelines, benchmarks) and the browser test.
 test-fast: $(STAMP)
 	BAGNET_DATA=$(DATA_ABS) $(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
