@@ -23,7 +23,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bagnet_lib.nets.metrics import correct
+from bagnet_lib.blackout.masks import make_mask
+from bagnet_lib.blackout.sparse import patch_logits_at
+from bagnet_lib.blackout.sweep import per_image_scores
+from bagnet_lib.data.tensors import normalize
+from bagnet_lib.nets.metrics import bootstrap_ci, correct
+from bagnet_lib.nets.train import predict
 
 
 def count_flops(fn) -> int:
@@ -53,8 +58,6 @@ class CostModel:
 
 def cost_model(model: nn.Module, image_size: int) -> CostModel:
     """Count a BagNet's dense and per-patch FLOPs on a `meta` copy (shapes only: exact and free)."""
-    from bagnet_lib.blackout.sparse import patch_logits_at
-
     geometry = model.geometry
     if geometry is None:
         raise ValueError("cost_model needs a BagNet (model.geometry); ResNet-50 has no local patches")
@@ -118,8 +121,6 @@ COLUMNS = ["model", "method", "parameter", "gflops_per_image", "acc", "acc_ci_lo
 
 def _point(model: str, method: str, parameter, flops: float, correct: np.ndarray) -> dict:
     """One frontier point: accuracy with a bootstrap interval over test images (`correct` [N], or [M, N] masks)."""
-    from bagnet_lib.nets.metrics import bootstrap_ci
-
     per_image = np.asarray(correct, float)
     per_image = per_image.mean(axis=0) if per_image.ndim == 2 else per_image
     lo, hi = bootstrap_ci(per_image)
@@ -138,8 +139,6 @@ def strided_keep(h: int, w: int, step: int) -> Tensor:
 def frontier_points(cache, cost: CostModel, bagnet_name: str, seeds, keep_fracs=KEEP_FRACS,
                     thresholds=(0.25, 0.5, 1.0, 2.0, 4.0), chunk_frac: float = 1 / 16, order_seed: int = 0) -> list[dict]:
     """Points that need only the logit cache: the dense BagNet, kept patches (random, centre, strided), anytime."""
-    from bagnet_lib.blackout.sweep import per_image_scores
-
     x, y = cache.patch_logits.float(), cache.labels
     n, k, h, w = x.shape
     p = h * w
@@ -173,8 +172,6 @@ def downscaled_points(model: nn.Module, name: str, images: Tensor, labels: Tenso
     """Fewer pixels instead of fewer patches: the dense network on test images resized to a share of their size."""
     from torchvision.transforms.v2 import functional as TF
 
-    from bagnet_lib.nets.train import predict
-
     size = images.shape[-1]
     points = []
     for s in scales:
@@ -197,10 +194,6 @@ def verify_sparse(model: nn.Module, images: Tensor, cache, keep_frac: float = 0.
     """Largest |difference| between the dense patch logits and really computing only the kept windows
     (`sparse.patch_logits_at`), fp32, for a few test images under one random mask: the check behind every
     simulation on the logit cache (a patch logit does not depend on the other patches)."""
-    from bagnet_lib.blackout.masks import make_mask
-    from bagnet_lib.blackout.sparse import patch_logits_at
-    from bagnet_lib.data.tensors import normalize
-
     h, w = cache.grid
     keep = make_mask("random", h, w, 1 - keep_frac, seed)
     x = normalize(images[:n_images].to(next(model.parameters()).device)).float()

@@ -13,6 +13,17 @@ import pandas as pd
 import torch
 
 from bagnet_lib.blackout.channels import channel_sweep
+from bagnet_lib.blackout.frontier import (
+    COLUMNS,
+    SCALES,
+    cost_model,
+    dense_flops,
+    downscaled_points,
+    frontier_points,
+    pareto_front,
+    per_image_correct,
+    verify_sparse,
+)
 from bagnet_lib.blackout.pixels import pixel_blackout_eval
 from bagnet_lib.blackout.sweep import PAPER_FRACS, PAPER_SETTINGS, LogitCache, cache_logits, summarize_sweep, sweep
 from bagnet_lib.data.tensors import eval_batch
@@ -125,18 +136,6 @@ def frontier_step(run: Run, bagnet: str | None = None, progress: bool = True) ->
     the cached patch logits. The per-image correctness of every point goes to cache/frontier_correct.pt (for
     the paired intervals of claim (e)), the costs of the networks to results/frontier_costs.json.
     """
-    from bagnet_lib.blackout.frontier import (
-        COLUMNS,
-        SCALES,
-        cost_model,
-        dense_flops,
-        downscaled_points,
-        frontier_points,
-        pareto_front,
-        per_image_correct,
-        verify_sparse,
-    )
-
     p, bagnet = run.profile, run.bagnet(bagnet)
     bagnets = [bagnet] + [b for b in run.trained("bagnet") if b != bagnet]
     seeds, _ = mask_seeds(run)

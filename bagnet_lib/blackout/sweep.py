@@ -27,7 +27,8 @@ from bagnet_lib.blackout.masks import make_mask
 from bagnet_lib.data.tensors import eval_batches, normalize
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import atomic_write
-from bagnet_lib.nets.metrics import correct, nll
+from bagnet_lib.nets.metrics import correct, nll, spread, t_interval
+from bagnet_lib.nets.train import features_fp32, resolve_precision
 
 # The paper's four blackout settings (its Table 1 columns) and its random drop fractions.
 PAPER_SETTINGS = (("alternating", 0.5), ("random", 0.75), ("random", 0.5), ("random", 0.25))
@@ -74,8 +75,6 @@ def cache_logits(model: nn.Module, images: Tensor, labels: Tensor, batch_size: i
 
     The backbone runs in `precision`, exactly as in `train.predict` (`features_fp32`), the head in fp32.
     """
-    from bagnet_lib.nets.train import features_fp32, resolve_precision
-
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     model.eval()
@@ -145,8 +144,6 @@ def summarize_sweep(df: pd.DataFrame) -> pd.DataFrame:
     """Per kind/fraction/aggregation: mean accuracy and loss over masks (or seeds), where 95 % of the masks lie
     (`acc_spread`, `loss_spread`: percentiles, not intervals), the Student-t interval of the mean over the
     seeds (`acc_t_ci`: for a few repeated runs such as pixel-blackout seeds), and the count."""
-    from bagnet_lib.nets.metrics import spread, t_interval
-
     out = []
     for (kind, frac, agg), g in df.groupby(["kind", "drop_frac", "aggregation"], sort=True):
         out.append({"kind": kind, "drop_frac": frac, "aggregation": agg, "n_seeds": len(g),

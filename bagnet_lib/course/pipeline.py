@@ -15,8 +15,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bagnet_lib.data.folder import DEFAULT_DATA_DIR, class_names, find_data_dir
+from bagnet_lib.data.audit import audit_dataset, split_leakage
+from bagnet_lib.data.download import download_flowers
+from bagnet_lib.data.folder import DEFAULT_DATA_DIR, class_names, find_data_dir, resolve_data_dir
 from bagnet_lib.data.split import make_split, read_manifest, read_split, subsample, write_split
+from bagnet_lib.data.synthetic import generate_synthetic_dataset
 from bagnet_lib.data.tensors import eval_batch
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import PROJECT_ROOT, write_json
@@ -43,22 +46,14 @@ def choose_data(data_dir: str | Path | None, allow_synthetic: bool = True, try_d
     if found is not None:
         return found, (found / "synthetic.json").is_file()
     if data_dir is not None:  # an explicit path that holds no dataset is an error, not a fallback
-        from bagnet_lib.data.folder import resolve_data_dir
-
         resolve_data_dir(data_dir)
     if try_download:
-        from bagnet_lib.data.download import download_flowers
-
         try:
             return download_flowers(DEFAULT_DATA_DIR, timeout=5.0, progress=progress), False
         except UserError as exc:
             print(f"[data] download not possible: {exc}")
     if not allow_synthetic:
-        from bagnet_lib.data.folder import resolve_data_dir
-
         resolve_data_dir(None)
-    from bagnet_lib.data.synthetic import generate_synthetic_dataset
-
     return generate_synthetic_dataset(synthetic_dir or PROJECT_ROOT / "data" / "synthetic", progress=progress), True
 
 
@@ -94,8 +89,6 @@ def prepare_run(run_dir: str | Path, profile: str | Profile = "cpu", data_dir: s
         print(SYNTHETIC_BANNER)
     split_path = run_dir / "split.csv"
     if not split_path.is_file():
-        from bagnet_lib.data.audit import audit_dataset
-
         audit = audit_dataset(data, progress=progress)
         write_json(run_dir / "audit.json", audit.to_json())
         split = read_manifest(data, manifest) if manifest else make_split(data, seed=seed, audit=audit)
@@ -115,8 +108,6 @@ def leakage_report(run: Run, manifest: str | Path | None = None) -> pd.DataFrame
 
     Introduced in notebook 01. Written to results/leakage.csv.
     """
-    from bagnet_lib.data.audit import split_leakage
-
     audit = run.audit()
     tables = {"this run": run.split}
     if manifest:

@@ -20,8 +20,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bagnet_lib.course.pipeline import SYNTHETIC_BANNER, choose_data
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import PROJECT_ROOT, write_json, write_text
+from bagnet_lib.writeup.readme import update_readme
+from bagnet_lib.writeup.seeds import seed_run_dir, write_seeds
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -113,8 +116,6 @@ def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir:
     `bagnet` is the course's `BAGNET` (bagnet9, bagnet17, bagnet33): notebook 03 trains it, 04 and 05 study it.
     """
     notebook_dir = Path(notebook_dir)
-    from bagnet_lib.course.pipeline import SYNTHETIC_BANNER, choose_data
-
     run_dir = Path(run_dir or f"runs/{profile}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     meta_path = run_dir / "run.json"
@@ -159,8 +160,6 @@ def seed_study(run_dir: str | Path, seeds: list[int], publish_to: str | Path | N
     pieces. Then RUN_DIR/results/seeds.csv is written and notebook 05 runs again in RUN_DIR, so that summary.json
     and REPORT.md include the table (and claim (a) cites it). Returns the table.
     """
-    from bagnet_lib.writeup.seeds import seed_run_dir, write_seeds
-
     run_dir, notebook_dir = Path(run_dir).resolve(), Path(notebook_dir)
     meta_path, summary_path = run_dir / "run.json", run_dir / "results" / "summary.json"
     if not (meta_path.is_file() and summary_path.is_file()):
@@ -209,8 +208,6 @@ def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:
     report = (run_dir / "REPORT.md").read_text().replace("](figures/", f"](figures/{profile}/")
     write_text(res / "REPORT.md", report.replace(f"](figures/{profile}/", f"](../../figures/{profile}/"))
     if profile == "cpu":  # the reference run: top-level REPORT.md and the README's results and docs/performance.md's timings
-        from bagnet_lib.writeup.readme import update_readme
-
         write_text(repo / "REPORT.md", report)
         summary = json.loads((run_dir / "results" / "summary.json").read_text())
         timings_path = run_dir / "results" / "timings.json"  # the runner's own file: the one writer of the times

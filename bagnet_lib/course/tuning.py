@@ -15,6 +15,7 @@ import re
 from dataclasses import fields, replace
 from pathlib import Path
 
+from bagnet_lib.course.pipeline import prepare_run, train_step
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import PROJECT_ROOT, write_json
 from bagnet_lib.nets.profiles import Profile, get_profile
@@ -50,8 +51,6 @@ def tune(name: str, overrides: dict, models: tuple[str, ...] = ("resnet50", "bag
          run_dir: str | Path | None = None, data_dir: str | Path | None = None, manifest: str | Path | None = None,
          seed: int = 0, out: str | Path | None = None, progress: bool = True) -> list[dict]:
     """Train `models` with `profile` and `overrides`; append their records to results/tuning/<profile>.json."""
-    from bagnet_lib.course.pipeline import prepare_run, train_step
-
     base = get_profile(profile)
     p = replace(base, **overrides)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

@@ -13,11 +13,15 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from bagnet_lib.blackout.aggregate import aggregate
 from bagnet_lib.blackout.masks import make_mask
 from bagnet_lib.blackout.study import blackout_runs, cache_step
 from bagnet_lib.data.tensors import eval_batch, normalize
 from bagnet_lib.figures import plots
+from bagnet_lib.figures.evidence import plot_gradcam_grid, plot_patch_evidence, plot_receptive_field
 from bagnet_lib.figures.registry import figure_path
+from bagnet_lib.figures.widgets import BlackoutExplorer
+from bagnet_lib.nets.gradcam import grad_cam
 from bagnet_lib.nets.models import model_label
 from bagnet_lib.nets.run import Run
 from bagnet_lib.writeup.paper import PAPER_POINTS
@@ -91,9 +95,6 @@ def hardest_mistakes(run: Run, model_name: str, n: int = 6) -> list[int]:
 
 def gradcam_mistakes(run: Run, model_name: str, n: int = 6) -> Figure:
     """Grad-CAM (hooks on `layer4`) of the test images the model gets most confidently wrong (notebooks 02, 03)."""
-    from bagnet_lib.figures.evidence import plot_gradcam_grid
-    from bagnet_lib.nets.gradcam import grad_cam
-
     test = run.tensors("test", progress=False)
     idx = hardest_mistakes(run, model_name, n)
     images = eval_batch(test, run.profile.image_size)[idx]
@@ -109,8 +110,6 @@ def gradcam_mistakes(run: Run, model_name: str, n: int = 6) -> Figure:
 
 def receptive_field(run: Run, model_name: str = "bagnet33", index: int = 0) -> Figure:
     """The window of one patch logit and the stride-8 grid, drawn on a test image (notebook 03)."""
-    from bagnet_lib.figures.evidence import plot_receptive_field
-
     test = run.tensors("test", progress=False)
     image = eval_batch(test, run.profile.image_size)[index]
     geometry = run.model(model_name, best=False).geometry
@@ -120,9 +119,6 @@ def receptive_field(run: Run, model_name: str = "bagnet33", index: int = 0) -> F
 
 def patch_evidence(run: Run, model_name: str = "bagnet33", n: int = 4) -> Figure:
     """Class evidence per patch for the true and predicted class, next to ResNet-50's Grad-CAM when trained (notebook 03)."""
-    from bagnet_lib.figures.evidence import plot_patch_evidence
-    from bagnet_lib.nets.gradcam import grad_cam
-
     test = run.tensors("test", progress=False)
     idx = hardest_mistakes(run, model_name, n // 2) + list(range(n - n // 2))
     images = eval_batch(test, run.profile.image_size)[idx]
@@ -146,8 +142,6 @@ def training_figures(run: Run, model_name: str, n: int = 6) -> list[Figure]:
 # ----------------------------------------------------------------------------------- 04
 def mechanism(run: Run, keep: torch.Tensor, index: int = 0, bagnet: str | None = None) -> Figure:
     """One test image's patch logits, a keep-mask, and the image logits `mean` and `zero` make of them (notebook 04)."""
-    from bagnet_lib.blackout.aggregate import aggregate
-
     bagnet = run.bagnet(bagnet)
     cache = cache_step(run, bagnet, "test", progress=False)
     image = eval_batch(run.tensors("test", progress=False), run.profile.image_size)[index]
@@ -204,8 +198,6 @@ def frontier(run: Run) -> Figure:
 
 def explorer(run: Run, max_images: int = 50, bagnet: str | None = None):
     """The interactive blackout explorer over the run's test images (notebook 04)."""
-    from bagnet_lib.figures.widgets import BlackoutExplorer
-
     cache = cache_step(run, run.bagnet(bagnet), "test", progress=False)
     images = eval_batch(run.tensors("test", progress=False), run.profile.image_size)
     return BlackoutExplorer(cache, images, run.classes, max_images=max_images)

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from bagnet_lib.data.folder import FLOWER_CLASSES, class_names
 from bagnet_lib.data.images import is_image_name
 from bagnet_lib.errors import UserError
+from bagnet_lib.io import sha256_file
 
 __all__ = [
     "ARCHIVE_CLASS_NAMES",
@@ -289,8 +290,6 @@ CS229_SPLITS = ("train", "val", "test")
 
 def tree_digest(files: dict[str, bytes | Path]) -> str:
     """SHA-256 of the sorted lines `<relative path>\t<SHA-256 of the file>`: one hash for a whole folder."""
-    from bagnet_lib.io import sha256_file
-
     lines = []
     for rel, content in files.items():
         digest = hashlib.sha256(content).hexdigest() if isinstance(content, bytes) else sha256_file(content)

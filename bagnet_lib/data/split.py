@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from bagnet_lib.data.audit import audit_dataset
 from bagnet_lib.data.folder import Sample, class_names, list_images
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import atomic_write
@@ -112,8 +113,6 @@ def make_split(root: str | Path, seed: int = 0, audit=None, keep_conflicts: bool
     folder must keep enough usable images for a train, a val and a test image (else a `UserError`
     naming the folders, before any training), since each folder is a model output.
     """
-    from bagnet_lib.data.audit import audit_dataset
-
     audit = audit if audit is not None else audit_dataset(root, progress=progress)
     excluded = audit.excluded_paths(keep_conflicts=keep_conflicts)
     samples = [s for s in list_images(root) if s.path not in excluded]

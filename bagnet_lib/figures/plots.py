@@ -15,6 +15,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from bagnet_lib.blackout.pixels import pixel_blackout
+from bagnet_lib.data.images import load_rgb
+from bagnet_lib.data.tensors import eval_transform, train_transform
+from bagnet_lib.nets.metrics import spread
+from bagnet_lib.nets.models import model_label
+
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 
 
@@ -165,8 +171,6 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], o
 def plot_blackout_masks(image: Tensor, panels: Mapping[str, Tensor], out: str | Path | None = None,
                         title: str = "The paper's four blackout settings (grey tiles are dropped)") -> Figure:
     """The paper's Fig. 4: one image with each keep-mask's dropped tiles painted grey."""
-    from bagnet_lib.blackout.pixels import pixel_blackout
-
     fig = Figure(figsize=(2.6 * (len(panels) + 1), 3.3), layout="constrained")
     axes = fig.subplots(1, len(panels) + 1)
     axes[0].imshow(to_hwc(image))
@@ -184,8 +188,6 @@ def plot_mechanism(image: Tensor, patch_logits: Tensor, keep: Tensor, logits: Ma
                    classes: Sequence[str], label: int, out: str | Path | None = None, title: str = "") -> Figure:
     """Notebook 04's first figure: the image, its patch logits for the true class, the mask, and the image logits
     (all kept, `mean`, `zero`) as bars: the same argmax, smaller logits under `zero`."""
-    from bagnet_lib.blackout.pixels import pixel_blackout
-
     fig = Figure(figsize=(15, 3.6), layout="constrained")
     a, b, c, d = fig.subplots(1, 4, width_ratios=[1, 1, 1, 1.6])
     a.imshow(to_hwc(image))
@@ -265,14 +267,10 @@ def plot_blackout_kinds(runs: pd.DataFrame, out: str | Path | None = None,
     """Accuracy vs fraction for patch-logit, channel (the paper's code) and pixel blackout: the mean over masks
     (or seeds), bars where 95 % of them lie. With `baselines` (model → accuracy with nothing dropped) the
     y axis is the change from each model's own baseline, so models that start apart compare fairly."""
-    from bagnet_lib.nets.metrics import spread
-
     baselines = baselines or {}
 
     fig = Figure(figsize=(7.5, 4.2))
     ax = fig.subplots()
-    from bagnet_lib.nets.models import model_label
-
     b = model_label(bagnet)
     series = [("random", bagnet, "mean", f"{b}: patch logits dropped (paper's text)"),
               ("channel_random", bagnet, "mean", f"{b}: fc channels zeroed (paper's code)"),
@@ -354,8 +352,6 @@ def image_sizes(root: str | Path, split: pd.DataFrame) -> pd.DataFrame:
 def sample_images(root: str | Path, split: pd.DataFrame, per_class: int = 6, seed: int = 0,
                   max_side: int = 160) -> dict[str, list[np.ndarray]]:
     """A few decoded images per class (thumbnails), for `plot_sample_grid`."""
-    from bagnet_lib.data.images import load_rgb
-
     out: dict[str, list[np.ndarray]] = {}
     for label, rows in split.groupby("label", sort=True):
         picks = rows.sample(n=min(per_class, len(rows)), random_state=seed)["path"]
@@ -371,8 +367,6 @@ def sample_images(root: str | Path, split: pd.DataFrame, per_class: int = 6, see
 def augmentation_examples(image: Tensor, size: int, n: int = 6, seed: int = 0,
                           scale_min: float = 0.08) -> tuple[list[Tensor], Tensor]:
     """`n` training augmentations (smallest crop `scale_min` of the area) and the eval view of one image."""
-    from bagnet_lib.data.tensors import eval_transform, train_transform
-
     gen = torch.Generator().manual_seed(seed)
     return [train_transform(image, size, gen, scale_min) for _ in range(n)], eval_transform(image, size)
 

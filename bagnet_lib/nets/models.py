@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from bagnet_lib.errors import UserError
+from bagnet_lib.nets.weights import load_bagnet_imagenet, load_resnet50_imagenet
 
 LAYERS = (3, 4, 6, 3)
 MODEL_NAMES = ("resnet50", "bagnet9", "bagnet17", "bagnet33")
@@ -169,7 +170,6 @@ def resnet50(num_classes: int = 1000, pretrained: bool = False, width: float = 1
     model = PatchResNet(bagnet=False, kernel3=LAYERS, strides=(1, 2, 2, 2),
                         num_classes=1000 if pretrained else num_classes, width=width)
     if pretrained:
-        from bagnet_lib.nets.weights import load_resnet50_imagenet
         _require_full_width(width, "resnet50")
         load_resnet50_imagenet(model)
         model.fc = nn.Linear(model.num_features, num_classes)
@@ -196,7 +196,6 @@ def bagnet(name: str, num_classes: int = 1000, pretrained: bool = False, width: 
                         bn_momentum=bn_momentum, geometry=PatchGeometry(size=rf, stride=8),
                         stem_bn_momentum=stem_bn_momentum)
     if pretrained:
-        from bagnet_lib.nets.weights import load_bagnet_imagenet
         _require_full_width(width, name)
         load_bagnet_imagenet(model, name)
         model.fc = nn.Linear(model.num_features, num_classes)

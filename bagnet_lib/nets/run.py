@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bagnet_lib.data.audit import AuditReport
 from bagnet_lib.data.tensors import ImageTensors, load_split_tensors
 from bagnet_lib.errors import UserError
 from bagnet_lib.nets.models import BAGNETS, build_model
@@ -53,8 +54,6 @@ class Run:
 
     def audit(self):
         """The data audit of this run (RUN_DIR/audit.json) as an `AuditReport`."""
-        from bagnet_lib.data.audit import AuditReport
-
         return AuditReport.from_json(json.loads((self.run_dir / "audit.json").read_text()))
 
     def tensors(self, split: str, progress: bool = True) -> ImageTensors:

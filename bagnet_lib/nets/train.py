@@ -34,7 +34,7 @@ from bagnet_lib.faults import fault_point
 from bagnet_lib.io import atomic_write, remove_stale_temporaries
 from bagnet_lib.nets.metrics import accuracy, cross_entropy
 from bagnet_lib.nets.profiles import Profile
-from bagnet_lib.nets.weights import load_state_dict_file
+from bagnet_lib.nets.weights import load_into, load_state_dict_file
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -289,7 +289,5 @@ def _load_training_state(path: Path) -> dict:
 
 def load_best(model: nn.Module, checkpoint: str | Path) -> nn.Module:
     """Load the weights of a `<name>_best.pt` (or any state_dict file) into `model`."""
-    from bagnet_lib.nets.weights import load_into
-
     load_into(model, load_state_dict_file(checkpoint), checkpoint, type(model).__name__)
     return model

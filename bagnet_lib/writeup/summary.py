@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from bagnet_lib.blackout.channels import channel_per_image
 from bagnet_lib.blackout.study import (
     CURVE_FRACS,
     blackout_runs,
@@ -22,10 +23,10 @@ from bagnet_lib.blackout.study import (
     mask_seeds,
     pixel_tiles,
 )
-from bagnet_lib.blackout.sweep import PAPER_FRACS
+from bagnet_lib.blackout.sweep import PAPER_FRACS, LogitCache, per_image_scores
 from bagnet_lib.io import display_path, write_json
 from bagnet_lib.nets.metrics import bootstrap_ci, correct, cross_entropy, nll, spread
-from bagnet_lib.nets.models import model_label
+from bagnet_lib.nets.models import build_model, model_label
 from bagnet_lib.nets.run import Run
 from bagnet_lib.writeup import verdicts as V
 from bagnet_lib.writeup.paper import PAPER_TABLE1
@@ -55,9 +56,6 @@ def blackout_evidence(run: Run, bagnet: str = "bagnet33") -> dict:
     differences; for the drop curve: per-image loss and accuracy increases at each fraction, `mean` and
     `zero`, and the temperature null of `zero`. The masks are the ones `blackout_step` used (same seeds).
     """
-    from bagnet_lib.blackout.channels import channel_per_image
-    from bagnet_lib.blackout.sweep import LogitCache, per_image_scores
-
     cache = LogitCache.load(run.run_dir / "cache" / f"{bagnet}_test_logits.pt")
     seeds, curve_seeds = mask_seeds(run)
     full_logits = cache.patch_logits.float().mean(dim=(2, 3))
@@ -163,8 +161,6 @@ def leakage_note(run: Run) -> str | None:
 
 def run_setting(run: Run, bagnet: str) -> dict:
     """What this run did, next to what the paper did: the first section of the write-up."""
-    from bagnet_lib.nets.models import build_model
-
     p = run.profile
     geometry = build_model(bagnet, len(run.classes), width=p.width).geometry
     grid = geometry.grid_size(p.image_size, p.image_size)
