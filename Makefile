@@ -11,6 +11,8 @@ PROFILE    ?= cpu
 SEED       ?= 0
 BAGNET     ?= bagnet33
 SEEDS      ?= 1 2
+# NPROC=N: notebooks 02 and 03 train with torchrun on N processes (one per GPU; docs/distributed.md)
+NPROC      ?=
 RUN_DIR    ?= runs/$(PROFILE)
 SHARED_DATA     := ../shared/data/flowers
 SHARED_MANIFEST := ../shared/data/flowers_paper_split.csv
@@ -24,7 +26,7 @@ MANIFEST_ABS = $(if $(MANIFEST),$(abspath $(MANIFEST)))
 MANIFEST   ?= $(if $(and $(DATA),$(filter $(abspath $(DATA)),$(abspath $(SHARED_DATA)))),$(wildcard $(SHARED_MANIFEST)),)
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast lint test-browser reproduce seeds lab clean
+.PHONY: help setup test test-fast lint test-browser reproduce seeds seeds-gather lab clean
 
 help:
 	@echo "make test        create .venv, install, run ruff and import-linter (make lint), then pytest (all but the browser test)"
@@ -32,6 +34,7 @@ help:
 	@echo "make test-browser  the blackout explorer in JupyterLab, driven in headless Chromium (needs chromium on PATH)"
 	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR), BAGNET=$(BAGNET))"
 	@echo "make seeds       after make reproduce: the course again with training seeds $(SEEDS) beside $(RUN_DIR), the seed table in its report (about 54 min a seed at the cpu profile on 2 cores; resumable)"
+	@echo "make seeds-gather  the seed table from $(RUN_DIR)-seedN directories run on other machines and copied here"
 	@echo "make lab         open JupyterLab in this environment"
 
 setup: $(STAMP)
@@ -68,12 +71,16 @@ test-browser: $(STAMP)
 reproduce: $(STAMP)
 	@echo ">>> running the experiment: profile $(PROFILE), run directory $(RUN_DIR), data $(or $(DATA),<none found>)$(if $(MANIFEST), with the paper's split $(MANIFEST))"
 	$(PY) -m bagnet_lib reproduce --profile $(PROFILE) --run-dir $(RUN_DIR) --seed $(SEED) --bagnet $(BAGNET) \
-		$(if $(DATA),--data-dir $(DATA)) $(if $(MANIFEST),--manifest $(MANIFEST)) $(if $(filter-out smoke,$(PROFILE)),--publish)
+		$(if $(NPROC),--nproc $(NPROC)) $(if $(DATA),--data-dir $(DATA)) $(if $(MANIFEST),--manifest $(MANIFEST)) $(if $(filter-out smoke,$(PROFILE)),--publish)
 
 # The seed study: the same course with more training seeds, each in $(RUN_DIR)-seedN, then results/seeds.csv and
 # the write-up of $(RUN_DIR) again with the seed table. Resumable: run it again after an interruption.
 seeds: $(STAMP)
-	$(PY) -m bagnet_lib seeds --run-dir $(RUN_DIR) --seeds $(SEEDS) $(if $(filter-out smoke,$(PROFILE)),--publish)
+	$(PY) -m bagnet_lib seeds --run-dir $(RUN_DIR) --seeds $(SEEDS) $(if $(NPROC),--nproc $(NPROC)) $(if $(filter-out smoke,$(PROFILE)),--publish)
+
+# Seeds run on other machines (make seeds SEEDS=2 there), their $(RUN_DIR)-seedN copied beside $(RUN_DIR): one table
+seeds-gather: $(STAMP)
+	$(PY) -m bagnet_lib seeds --run-dir $(RUN_DIR) --gather $(if $(filter-out smoke,$(PROFILE)),--publish)
 
 lab: $(STAMP)
 	@echo ">>> JupyterLab with BAGNET_DATA=$(DATA) BAGNET_MANIFEST=$(MANIFEST) (the same data and split as make reproduce)"

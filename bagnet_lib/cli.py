@@ -1,14 +1,18 @@
-"""`python -m bagnet_lib …`: data download|audit|split|synthetic, train, cache-logits, sweep, reproduce, seeds.
+"""`python -m bagnet_lib …`: data download|audit|split|synthetic, train, cache-logits, sweep, blackout, reproduce, seeds.
 
-A user error exits with status 2 and a one-paragraph message, never a traceback.
+A user error exits with status 2 and a one-paragraph message, never a traceback. `train`, `cache-logits`,
+`sweep` and `blackout` also run under `torchrun` (docs/distributed.md): each rank runs the command, rank 0
+alone writes and prints, and an error is printed once, by rank 0.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from bagnet_lib.bench import BENCHMARKS
 from bagnet_lib.errors import UserError
 from bagnet_lib.nets.profiles import PROFILES
 
@@ -21,6 +25,8 @@ def _add_run_args(p: argparse.ArgumentParser, profile_required: bool = False) ->
     p.add_argument("--manifest", default=None, help="use this path,split CSV instead of a new split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="where to compute (default: CUDA when there is a GPU); under torchrun cuda means NCCL, cpu gloo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one model in a run directory (resumes if interrupted)")
     t.add_argument("--model", required=True, help="resnet50, bagnet9, bagnet17 or bagnet33")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="replace a profile field for this run directory, e.g. --set epochs=2 (repeatable)")
     _add_run_args(t)
     c = sub.add_parser("cache-logits", help="store a trained model's patch logits for one split")
     c.add_argument("--model", default="bagnet33")
@@ -66,13 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--aggregations", nargs="+", default=["mean", "zero"])
     w.add_argument("--out", default=None, help="CSV path (default RUN_DIR/results/sweep.csv)")
     _add_run_args(w)
-    b = sub.add_parser("bench", help="benchmarks: sweep (cache vs recompute), sparse (compute only kept patches), train (step speed), precision (bf16 vs fp32 accuracy)")
-    b.add_argument("name", choices=["sweep", "sparse", "train", "precision"])
+    k = sub.add_parser("blackout", help="the course's blackout experiments (notebook 04's), each to "
+                                        "results/blackout_<name>.csv; under torchrun the pixel passes are sharded")
+    k.add_argument("--model", default=None, help="the BagNet to study (default: the one trained in the run)")
+    k.add_argument("--experiments", nargs="+", default=None,
+                   help="paper curve structured aggregations channel pixel (default: all)")
+    _add_run_args(k)
+    b = sub.add_parser("bench", help="benchmarks: sweep (cache vs recompute), sparse (compute only kept patches), train "
+                                     "(step speed), precision (bf16 vs fp32 accuracy), ddp (world size 2 against 1)")
+    b.add_argument("name", choices=BENCHMARKS)
     b.add_argument("--json", default=None, help="also write the result as JSON to this path")
     b.add_argument("--quick", action="store_true", help="a small version (under a minute), used by the tests")
     b.add_argument("--from-json", default=None, help="do not measure: read an earlier result from this JSON file")
     b.add_argument("--readme", default=None,
-                   help="train, precision: rewrite the <!-- bench-NAME --> block (README or docs/ beside it) from the result")
+                   help="train, precision, ddp: rewrite the <!-- bench-NAME --> block (README or docs/ beside it) "
+                        "from the result")
     u = sub.add_parser("tune", help="a tuning run: train with some profile fields replaced, record it in "
                                     "results/tuning/<profile>.json")
     u.add_argument("--name", required=True, help="the run's name in the tuning table")
@@ -94,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--bagnet", default="bagnet33", choices=["bagnet9", "bagnet17", "bagnet33"],
                    help="the BagNet notebook 03 trains and notebooks 04-05 study (the notebooks' BAGNET)")
+    r.add_argument("--nproc", type=int, default=None,
+                   help="train in notebooks 02 and 03 with torchrun on this many processes (one per GPU; "
+                        "docs/distributed.md); default: in the notebook's own process")
     r.add_argument("--resume", action="store_true",
                    help="skip notebooks that already ran without error with the same parameters in this run directory")
     r.add_argument("--publish", action="store_true",
@@ -107,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", nargs="+", type=int, default=[1, 2],
                    help="training seeds to add to the run's own (default 1 2: three seeds in all)")
     e.add_argument("--publish", action="store_true", help="publish the run again afterwards (as reproduce --publish)")
+    e.add_argument("--gather", action="store_true",
+                   help="run no course: take every finished <run-dir>-seedN beside the run (copied from other machines) "
+                        "into results/seeds.csv and the write-up")
+    e.add_argument("--data-dir", default=None, help="the dataset on this machine, where it is not at the run's own path")
+    e.add_argument("--nproc", type=int, default=None, help="train each seed with torchrun on this many processes")
     return parser
 
 
@@ -132,9 +156,9 @@ def _run(args: argparse.Namespace) -> int:
                 bench.plot_sparse(result, Path(args.json).with_suffix(".png"))
                 print(f"figure written to {Path(args.json).with_suffix('.png')}")
         if args.readme:
-            if args.name not in ("train", "precision"):
-                raise UserError(f"--readme is for `bench train` and `bench precision` (`bench {args.name}` has no "
-                                "README block).")
+            if args.name not in ("train", "precision", "ddp"):
+                raise UserError(f"--readme is for `bench train`, `bench precision` and `bench ddp` (`bench {args.name}` "
+                                "has no README block).")
             _rewrite_block(Path(args.readme), f"bench-{args.name}", bench.format_table(result))
         return 0
     if args.command == "tune":
@@ -158,32 +182,56 @@ def _run(args: argparse.Namespace) -> int:
         from bagnet_lib.course.runner import REPO, reproduce
 
         reproduce(args.profile, args.run_dir, args.data_dir, args.manifest, args.seed,
-                  publish_to=REPO if args.publish else None, resume=args.resume, bagnet=args.bagnet)
+                  publish_to=REPO if args.publish else None, resume=args.resume, bagnet=args.bagnet,
+                  nproc=args.nproc)
         return 0
     if args.command == "seeds":
         from bagnet_lib.course.runner import REPO, seed_study
 
-        table = seed_study(args.run_dir or f"runs/{args.profile}", args.seeds, publish_to=REPO if args.publish else None)
+        table = seed_study(args.run_dir or f"runs/{args.profile}", args.seeds, publish_to=REPO if args.publish else None,
+                           gather=args.gather, data_dir=args.data_dir, nproc=args.nproc)
         print(table[["seed", "resnet50_test_acc", "bagnet_test_acc", "gap", "patch_random25_change"]].to_string(index=False))
         return 0
-    run = pipeline.prepare_run(args.run_dir, args.profile, args.data_dir, args.manifest, args.seed, progress=progress)
-    run.results.mkdir(parents=True, exist_ok=True)
-    if args.command == "train":
-        m = pipeline.train_step(run, args.model, progress)
-        print(f"{args.model}: best epoch {m['best_epoch']}, test acc {m['test']['acc']:.3f} "
-              f"[{m['test']['acc_ci'][0]:.3f}, {m['test']['acc_ci'][1]:.3f}], test loss {m['test']['loss']:.3f}")
-    elif args.command == "cache-logits":
-        cache = study.cache_step(run, args.model, args.split, progress)
-        print(f"cached patch logits {tuple(cache.patch_logits.shape)} for {args.split} in {run.run_dir / 'cache'}")
-    elif args.command == "sweep":
-        from bagnet_lib.blackout.sweep import summarize_sweep, sweep
+    from bagnet_lib.nets.distributed import close_distributed, init_distributed, main_first
+    from bagnet_lib.nets.train import DEVICE_ENV
 
-        cache = study.cache_step(run, args.model, "test", progress)
-        df = sweep(cache, args.kinds, args.drop_fracs, range(args.seeds), args.aggregations)
-        out = Path(args.out) if args.out else run.results / "sweep.csv"
-        df.to_csv(out, index=False)
-        print(summarize_sweep(df).drop(columns=["acc_std"]).to_string(index=False))
-        print(f"{len(df)} configurations written to {out}")
+    if args.device:
+        os.environ[DEVICE_ENV] = args.device  # `train.select_device` reads it, in this process and its children
+    w = init_distributed(args.device)
+    try:
+        profile = args.profile
+        if getattr(args, "overrides", None):
+            from bagnet_lib.course.tuning import parse_overrides
+            from bagnet_lib.nets.profiles import get_profile
+
+            profile = get_profile(args.profile, **parse_overrides(args.overrides))
+        run = main_first(lambda: pipeline.prepare_run(args.run_dir, profile, args.data_dir, args.manifest, args.seed,
+                                                      progress=progress and w.main))
+        say = print if w.main else (lambda *a, **k: None)
+        if args.command == "train":
+            m = pipeline.train_step(run, args.model, progress)
+            say(f"{args.model}: best epoch {m['best_epoch']}, test acc {m['test']['acc']:.3f} "
+                f"[{m['test']['acc_ci'][0]:.3f}, {m['test']['acc_ci'][1]:.3f}], test loss {m['test']['loss']:.3f} "
+                f"(trained on {m['world_size']} process{'es' * (m['world_size'] != 1)}, backend {m['backend']})")
+        elif args.command == "cache-logits":
+            cache = study.cache_step(run, args.model, args.split, progress)
+            say(f"cached patch logits {tuple(cache.patch_logits.shape)} for {args.split} in {run.run_dir / 'cache'}")
+        elif args.command == "sweep":
+            from bagnet_lib.blackout.sweep import summarize_sweep, sweep
+
+            cache = study.cache_step(run, args.model, "test", progress)
+            df = sweep(cache, args.kinds, args.drop_fracs, range(args.seeds), args.aggregations)
+            out = Path(args.out) if args.out else run.results / "sweep.csv"
+            if w.main:
+                df.to_csv(out, index=False)
+            say(summarize_sweep(df).drop(columns=["acc_std"]).to_string(index=False))
+            say(f"{len(df)} configurations written to {out}")
+        elif args.command == "blackout":
+            for name in args.experiments or list(study.BLACKOUT_EXPERIMENTS):
+                df = study.blackout_experiment(run, name, args.model, progress and w.main)
+                say(f"{name}: {len(df)} rows in {run.results / f'blackout_{name}.csv'}")
+    finally:
+        close_distributed()
     return 0
 
 
@@ -243,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank raises it; rank 0 says it
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

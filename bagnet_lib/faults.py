@@ -3,8 +3,9 @@
 Introduced for the reliability tests (tests/test_reliability_runs.py). A crash that lands "somewhere
 in the middle" of a run is simulated deterministically instead of by sleeping and hoping: the code
 calls `fault_point(name)` at every gap between two writes, and `BAGNET_FAULT="<name>#<k>"` makes the
-k-th call with that name (k = 1 when `#k` is left out) send SIGKILL to its own process. Nothing else
-changes: with BAGNET_FAULT unset a fault point is one dictionary look-up.
+k-th call with that name (k = 1 when `#k` is left out) send SIGKILL to its own process. Under torchrun,
+`"<name>#<k>@<rank>"` arms it in that rank only (the environment's RANK), so one process of a distributed job
+dies and the others do not. Nothing else changes: with BAGNET_FAULT unset a fault point is one dictionary look-up.
 
 The named points (see `train.train_model` and `io.atomic_write`):
 
@@ -30,8 +31,9 @@ def armed(name: str) -> bool:
     spec = os.environ.get(ENV)
     if not spec:
         return False
+    spec, _, rank = spec.partition("@")
     point, _, nth = spec.partition("#")
-    if point != name:
+    if point != name or (rank and rank != os.environ.get("RANK", "0")):
         return False
     _hits[name] += 1
     return _hits[name] == (int(nth) if nth else 1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -34,6 +35,18 @@ def test_committed_notebooks_carry_no_outputs_and_one_parameters_cell():
         assert {"PROFILE", "RUN_DIR", "DATA_DIR", "MANIFEST", "SEED"} <= declared, name  # the shared five
         assert "MODEL" not in declared, name  # one name per knob: the BagNet is BAGNET in 03, 04 and 05
         assert ("BAGNET" in declared) == (name[:2] in {"03", "04", "05"}), name
+        assert ("NPROC" in declared) == (name[:2] in {"02", "03"}), name  # the two notebooks that train
+
+
+def test_nproc_reaches_the_two_training_notebooks_only_when_set():
+    from bagnet_lib.course.runner import _declared, course_parameters
+
+    unset = course_parameters("smoke", Path("r"), None, None, 0)
+    assert "NPROC" not in unset
+    params = course_parameters("smoke", Path("r"), None, None, 0, nproc=2)
+    for name in NOTEBOOKS:
+        assert ("NPROC" in _declared(name, params, NOTEBOOK_DIR)) == (name[:2] in {"02", "03"}), name
+    assert _declared(NOTEBOOKS[1], params, NOTEBOOK_DIR)["NPROC"] == 2
 
 
 def _course(tmp_path_factory, synthetic_root, bagnet: str):
@@ -143,8 +156,12 @@ def test_the_notebooks_record_the_numbers_the_run_wrote(smoke_run):
 
 
 def _papermill_loop(run_dir, data, manifest, **parameters) -> None:
-    """The course as a papermill user runs it: the same `-p` values for all five notebooks, no runner."""
-    values = {"PROFILE": "smoke", "RUN_DIR": run_dir, "DATA_DIR": data, "MANIFEST": manifest, "SEED": 0, **parameters}
+    """The course as a papermill user runs it: the same `-p` values for all five notebooks, no runner.
+
+    Headless, as the runner does and notebooks/README.md tells papermill users: INTERACTIVE=False (nbclient can
+    block forever on a cell that displays ipywidgets: jupyter/nbclient#312; it did once here, in notebook 04)."""
+    values = {"PROFILE": "smoke", "RUN_DIR": run_dir, "DATA_DIR": data, "MANIFEST": manifest, "SEED": 0,
+              "INTERACTIVE": False, **parameters}
     args = [x for k, v in values.items() if v is not None for x in ("-p", k, str(v))]
     for name in NOTEBOOKS:
         subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOK_DIR / name), str(run_dir / "notebooks" / name),
@@ -158,8 +175,17 @@ def test_bagnet17_passed_to_every_notebook_by_papermill_flows_through_03_04_and_
     (run_dir / "notebooks").mkdir(parents=True)
     data = shared_flowers()
     manifest = PAPER_SPLIT if data is not None and PAPER_SPLIT.is_file() else None
-    _papermill_loop(run_dir, data or synthetic_root, manifest, BAGNET="bagnet17")
+    # NPROC=2: notebooks 02 and 03 train through `torchrun --nproc_per_node=2` as child processes
+    _papermill_loop(run_dir, data or synthetic_root, manifest, BAGNET="bagnet17", NPROC=2)
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*_best.pt")) == ["bagnet17_best.pt", "resnet50_best.pt"]
+    for model in ("resnet50", "bagnet17"):
+        metrics = json.loads((run_dir / "results" / f"{model}_metrics.json").read_text())
+        assert (metrics["world_size"], metrics["backend"]) == (2, "gloo"), model
+    train_cell = next(c for c in nbformat.read(run_dir / "notebooks" / NOTEBOOKS[2], as_version=4).cells
+                      if c.cell_type == "code" and "train_step" in c.source)
+    shown = "".join(o.get("text", "") for o in train_cell.outputs if o.output_type == "stream")
+    assert "[train] torchrun --standalone --nproc_per_node=2 -m bagnet_lib train --model bagnet17" in shown
+    assert "bagnet17 epoch 1/1" in shown and "trained on 2 processes, backend gloo" in shown
     rec = _records(run_dir)
     assert rec["03"]["model"] == rec["04"]["bagnet"] == rec["05"]["bagnet"] == "bagnet17"
     summary = json.loads((run_dir / "results" / "summary.json").read_text())
@@ -283,19 +309,29 @@ def test_resume_skips_finished_notebooks_and_a_failure_keeps_earlier_outputs(smo
 
 
 @pytest.mark.slow
-def test_the_seed_study_runs_the_course_per_seed_and_adds_its_table_to_the_write_up(smoke_run, tmp_path, capsys):
+def test_the_seed_study_runs_a_seed_on_another_machine_and_gathers_it_into_the_write_up(smoke_run, tmp_path, capsys):
+    """Machine B (a copy of the finished run) trains seed 1 with `seeds --seeds 1`; its run directory is copied beside
+    the run on machine A, where `seeds --gather` writes the table and the write-up without running any course."""
     import shutil
 
     from bagnet_lib.course.runner import seed_study
 
     src, _, _ = smoke_run
-    base = tmp_path / "smoke"
+    base, remote = tmp_path / "a" / "smoke", tmp_path / "b" / "smoke"
     shutil.copytree(src, base)  # the module's run stays as the other tests expect it
-    table = seed_study(base, [0, 1], cell_timeout=600)
-    seed1 = tmp_path / "smoke-seed1"
+    shutil.copytree(src, remote)
+    seed_study(remote, [0, 1], cell_timeout=600)  # machine B: seed 0 is the run's own, seed 1 is trained
+    assert capsys.readouterr().out.count("done in") >= len(NOTEBOOKS)  # seed 1's whole course ran
+    seed_study(remote, [1], cell_timeout=600)  # again there: nothing of seed 1 is redone
+    assert capsys.readouterr().out.count("skipped (--resume") == len(NOTEBOOKS)
+    shutil.copytree(remote.parent / "smoke-seed1", base.parent / "smoke-seed1")  # brought over to machine A
+    table = seed_study(base, [], gather=True, cell_timeout=600)
+    out = capsys.readouterr().out
+    assert "gathering the finished seeds beside smoke: [1]" in out and "training seed" not in out
+    seed1 = base.parent / "smoke-seed1"
     assert table["seed"].tolist() == [0, 1] and table["run"].tolist() == ["smoke", "smoke-seed1"]
     assert json.loads((seed1 / "run.json").read_text())["seed"] == 1
-    assert capsys.readouterr().out.count("done in") >= len(NOTEBOOKS)  # seed 1's whole course ran
+    assert (base / "results" / "seeds.csv").read_text() == (remote / "results" / "seeds.csv").read_text()
     # each row holds its own run's numbers; seed 1 trained differently (another initialisation and data order)
     for run_dir, row in zip((base, seed1), table.to_dict("records")):
         s = json.loads((run_dir / "results" / "summary.json").read_text())
@@ -310,11 +346,6 @@ def test_the_seed_study_runs_the_course_per_seed_and_adds_its_table_to_the_write
     assert "### How much is luck? 2 training seeds" in (base / "REPORT.md").read_text()
     assert read_records(base / "notebooks" / NOTEBOOKS[-1])["seeds"] == [0, 1]
     assert (base / "results" / "timings.json").read_bytes() == (src / "results" / "timings.json").read_bytes()
-    # again: nothing of seed 1 is redone, and the table is the same
-    before = (base / "results" / "seeds.csv").read_text()
-    seed_study(base, [1], cell_timeout=600)
-    assert capsys.readouterr().out.count("skipped (--resume") == len(NOTEBOOKS)
-    assert (base / "results" / "seeds.csv").read_text() == before
 
 
 def test_a_seed_study_needs_a_finished_run(tmp_path, capsys):

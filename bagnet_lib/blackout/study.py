@@ -29,19 +29,26 @@ from bagnet_lib.blackout.sweep import PAPER_FRACS, PAPER_SETTINGS, LogitCache, c
 from bagnet_lib.data.tensors import eval_batch
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import atomic_write, write_json
+from bagnet_lib.nets.distributed import barrier, main_first, world
 from bagnet_lib.nets.models import build_model
 from bagnet_lib.nets.run import Run
 
 
 def cache_step(run: Run, model_name: str = "bagnet33", split: str = "test", progress: bool = True) -> LogitCache:
-    """The patch logits of `split` under the trained model, computed once and kept in RUN_DIR/cache."""
+    """The patch logits of `split` under the trained model, computed once and kept in RUN_DIR/cache.
+
+    Under torchrun every rank calls it: the forward pass is sharded (`cache_logits`), rank 0 writes the file."""
     path = run.run_dir / "cache" / f"{model_name}_{split}_logits.pt"
     if path.is_file():
         return LogitCache.load(path)
-    data = run.tensors(split, progress)
+    w = world()
+    data = main_first(lambda: run.tensors(split, progress and w.main))
     cache = cache_logits(run.model(model_name), eval_batch(data, run.profile.image_size), data.labels,
-                         run.profile.eval_batch_size, data.paths, run.classes, progress, run.profile.precision)
-    cache.save(path)
+                         run.profile.eval_batch_size, data.paths, run.classes, progress and w.main,
+                         run.profile.precision)
+    if w.main:
+        cache.save(path)
+    barrier()
     return cache
 
 
@@ -107,7 +114,8 @@ def blackout_experiment(run: Run, name: str, bagnet: str | None = None, progress
         df = pd.concat([pixel_blackout_eval(run.model(m), images, test.labels, grid, fracs, seeds[:p.pixel_seeds],
                                             p.eval_batch_size, m, progress, p.precision) for m in ("resnet50", bagnet)])
     df = df.assign(experiment=name).reset_index(drop=True)
-    df.to_csv(run.results / f"blackout_{name}.csv", index=False)
+    if world().main:  # under torchrun the pixel passes are sharded and every rank has the rows; rank 0 writes
+        df.to_csv(run.results / f"blackout_{name}.csv", index=False)
     return df
 
 

@@ -27,6 +27,7 @@ from bagnet_lib.blackout.masks import make_mask
 from bagnet_lib.data.tensors import eval_batches, normalize
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import atomic_write
+from bagnet_lib.nets.distributed import eval_block, gather_parts
 from bagnet_lib.nets.metrics import correct, nll, spread, t_interval
 from bagnet_lib.nets.train import features_fp32, resolve_precision
 
@@ -74,18 +75,23 @@ def cache_logits(model: nn.Module, images: Tensor, labels: Tensor, batch_size: i
     """One forward pass over a uint8 stack [N, 3, H, W]: patch logits and pooled features for every image.
 
     The backbone runs in `precision`, exactly as in `train.predict` (`features_fp32`), the head in fp32.
+    Under torchrun the images are sharded like `train.predict` (contiguous blocks of whole batches) and every
+    rank gets the whole cache, bit for bit the one of one process.
     """
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     model.eval()
-    pl, feats = [], []
-    for x, _ in tqdm(eval_batches(images, labels, batch_size), total=math.ceil(len(images) / batch_size),
-                     desc="cache logits", disable=not progress, leave=False):
+    start, stop = eval_block(len(images), batch_size)
+    parts = []
+    for x, _ in tqdm(eval_batches(images[start:stop], labels[start:stop], batch_size),
+                     total=math.ceil((stop - start) / batch_size), desc="cache logits", disable=not progress,
+                     leave=False):
         f = features_fp32(model, normalize(x.to(device)), precision)
-        pl.append(model.head(f).cpu())
-        feats.append(f.mean(dim=(2, 3)).cpu())
-    return LogitCache(torch.cat(pl), labels.clone(), torch.cat(feats), model.fc.weight.detach().float().cpu(),
-                      model.fc.bias.detach().float().cpu(), list(paths), list(classes))
+        parts.append((model.head(f).cpu(), f.mean(dim=(2, 3)).cpu()))
+    parts = gather_parts(parts)
+    return LogitCache(torch.cat([p for p, _ in parts]), labels.clone(), torch.cat([f for _, f in parts]),
+                      model.fc.weight.detach().float().cpu(), model.fc.bias.detach().float().cpu(), list(paths),
+                      list(classes))
 
 
 # --------------------------------------------------------------------------- sweep engine

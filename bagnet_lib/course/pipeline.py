@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
+from collections import deque
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -23,9 +27,10 @@ from bagnet_lib.data.synthetic import generate_synthetic_dataset
 from bagnet_lib.data.tensors import eval_batch
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import PROJECT_ROOT, write_json
+from bagnet_lib.nets.distributed import main_first, world
 from bagnet_lib.nets.metrics import correct, evaluate_logits, nll
 from bagnet_lib.nets.models import build_model
-from bagnet_lib.nets.profiles import Profile, get_profile
+from bagnet_lib.nets.profiles import PROFILES, Profile, get_profile
 from bagnet_lib.nets.run import Run
 from bagnet_lib.nets.train import load_best, predict, resolve_precision, train_model
 
@@ -85,7 +90,7 @@ def prepare_run(run_dir: str | Path, profile: str | Profile = "cpu", data_dir: s
             manifest = None
         meta = {"profile": profile.to_dict(), "data_dir": str(data.resolve()), "synthetic": synthetic, "seed": seed,
                 "manifest": str(manifest) if manifest else None, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if synthetic:
+    if synthetic and world().main:
         print(SYNTHETIC_BANNER)
     split_path = run_dir / "split.csv"
     if not split_path.is_file():
@@ -124,10 +129,19 @@ def leakage_report(run: Run, manifest: str | Path | None = None) -> pd.DataFrame
     return out
 
 
-def train_step(run: Run, model_name: str, progress: bool = True) -> dict:
-    """Train `model_name` (resuming if interrupted), then score its best checkpoint on train and test."""
-    p = run.profile
-    train, val, test = (run.tensors(s, progress) for s in ("train", "val", "test"))
+def train_step(run: Run, model_name: str, progress: bool = True, nproc: int | None = None) -> dict:
+    """Train `model_name` (resuming if interrupted), then score its best checkpoint on train and test.
+
+    With `nproc` (the notebooks' NPROC, `make reproduce NPROC=8`) the training runs in a child process,
+    `torchrun --standalone --nproc_per_node=<nproc> -m bagnet_lib train …`, whose output shows here as it
+    comes; this process then reads the metrics it wrote. Under torchrun itself (the CLI), every rank runs
+    this function: rank 0 decodes and writes, the evaluation is sharded (`nets.distributed`).
+    """
+    if nproc:
+        return train_with_torchrun(run, model_name, nproc, progress)
+    p, w = run.profile, world()
+    progress = progress and w.main
+    train, val, test = (main_first(lambda s=s: run.tensors(s, progress)) for s in ("train", "val", "test"))
     torch.manual_seed(run.seed)
     model = build_model(model_name, len(run.classes), pretrained=p.pretrained, feature_extract=p.feature_extract,
                         width=p.width, zero_init_residual=p.zero_init_residual)
@@ -137,16 +151,65 @@ def train_step(run: Run, model_name: str, progress: bool = True) -> dict:
     load_best(model, result.best_checkpoint)
     metrics = {"model": model_name, "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
                "precision": resolve_precision(p.precision, next(model.parameters()).device),
+               **_trained_with(result.trained_with),
                "train_seconds": float(result.history["seconds"].sum()), "wall_seconds": time.perf_counter() - t0,
                "n_parameters": sum(q.numel() for q in model.parameters())}
     for name, data in (("train", train), ("test", test)):
         logits = predict(model, eval_batch(data, p.image_size), p.eval_batch_size, precision=p.precision)
         metrics[name] = evaluate_logits(logits, data.labels, run.classes, seed=run.seed)
-        if name == "test":  # per-image predictions: paired comparisons and the images a model gets wrong
+        if name == "test" and w.main:  # per-image predictions: paired comparisons and the images a model gets wrong
             probs = logits.softmax(dim=1)
             pd.DataFrame({"path": data.paths, "label": [run.classes[i] for i in data.labels],
                           "pred": [run.classes[i] for i in probs.argmax(1)], "prob": probs.max(1).values.numpy(),
                           "correct": correct(logits, data.labels).numpy(), "nll": nll(logits, data.labels).numpy()}
                          ).to_csv(run.results / f"{model_name}_test_predictions.csv", index=False)
-    write_json(run.results / f"{model_name}_metrics.json", metrics)
+    if w.main:
+        write_json(run.results / f"{model_name}_metrics.json", metrics)
     return metrics
+
+
+def _trained_with(per_epoch: list[dict]) -> dict:
+    """The world size and backend of the training, for its metrics (a list where epochs differed: a resume)."""
+    out = {}
+    for key in ("world_size", "backend"):
+        values = list(dict.fromkeys(e[key] for e in per_epoch))
+        out[key] = values[0] if len(values) == 1 else values
+    return out
+
+
+def profile_overrides(profile: Profile) -> list[str]:
+    """`FIELD=VALUE` for each field where `profile` differs from the named profile it was made from (a tuning run)."""
+    base = PROFILES.get(profile.name)
+    if base is None:
+        return []
+    return [f"{f.name}={getattr(profile, f.name)}" for f in fields(Profile)
+            if getattr(profile, f.name) != getattr(base, f.name)]
+
+
+def train_with_torchrun(run: Run, model_name: str, nproc: int, progress: bool = True) -> dict:
+    """`train_step` in `nproc` processes: `torchrun --standalone … -m bagnet_lib train` as a child of this one.
+
+    Its output (progress bars, epoch lines, rank 0's error) is copied here as it arrives; a failure raises a
+    `UserError` with the child's last lines. Run again, the child resumes from the last complete epoch.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
+           "-m", "bagnet_lib", "train", "--model", model_name, "--profile", run.profile.name,
+           "--run-dir", str(run.run_dir), "--seed", str(run.seed)]
+    cmd += [a for o in profile_overrides(run.profile) for a in ("--set", o)]
+    if not progress:
+        cmd.append("--no-progress")
+    print(f"[train] torchrun {' '.join(cmd[3:])}", flush=True)  # `python -m torch.distributed.run` is torchrun
+    tail: deque[str] = deque(maxlen=30)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+            text = chunk.decode(errors="replace")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            tail.extend(text.splitlines())
+    if proc.returncode != 0:
+        errors = [line for line in tail if line.startswith("error: ")]
+        raise UserError(f"Training {model_name} with torchrun on {nproc} processes failed (exit status "
+                        f"{proc.returncode}): {errors[-1] if errors else ' | '.join(list(tail)[-5:])}. "
+                        "Fix the cause and run the same step again: training resumes after its last complete epoch.")
+    return json.loads((run.results / f"{model_name}_metrics.json").read_text())

@@ -97,23 +97,29 @@ def run_notebook(name: str, run_dir: Path, parameters: dict, timeout: int = 4 * 
 
 
 def course_parameters(profile: str, run_dir: Path, data_dir: str | Path | None, manifest: str | Path | None,
-                      seed: int, bagnet: str = "bagnet33") -> dict:
+                      seed: int, bagnet: str = "bagnet33", nproc: int | None = None) -> dict:
     """The parameters every notebook of one run receives (each takes the ones it declares): the shared five
-    (`PROFILE`, `RUN_DIR`, `DATA_DIR`, `MANIFEST`, `SEED`) and `BAGNET` (03 trains it, 04 and 05 study it)."""
-    return {"PROFILE": profile, "RUN_DIR": str(run_dir), "DATA_DIR": str(Path(data_dir).resolve()) if data_dir else None,
-            "MANIFEST": str(Path(manifest).resolve()) if manifest else None, "SEED": seed, "BAGNET": bagnet}
+    (`PROFILE`, `RUN_DIR`, `DATA_DIR`, `MANIFEST`, `SEED`), `BAGNET` (03 trains it, 04 and 05 study it) and, when
+    set, `NPROC` (02 and 03 train with torchrun on that many processes; docs/distributed.md)."""
+    params = {"PROFILE": profile, "RUN_DIR": str(run_dir),
+              "DATA_DIR": str(Path(data_dir).resolve()) if data_dir else None,
+              "MANIFEST": str(Path(manifest).resolve()) if manifest else None, "SEED": seed, "BAGNET": bagnet}
+    return {**params, "NPROC": int(nproc)} if nproc else params
 
 
 def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir: str | Path | None = None,
               manifest: str | Path | None = None, seed: int = 0, notebooks: tuple[str, ...] = NOTEBOOKS,
               extra_parameters: dict | None = None, publish_to: str | Path | None = None,
               cell_timeout: int = 4 * 3600, resume: bool = False,
-              notebook_dir: str | Path = NOTEBOOK_DIR, bagnet: str = "bagnet33") -> dict[str, float]:
+              notebook_dir: str | Path = NOTEBOOK_DIR, bagnet: str = "bagnet33",
+              nproc: int | None = None) -> dict[str, float]:
     """Execute the notebooks in order with the same parameters; print one line per notebook with its time.
 
     With `resume`, a notebook whose executed copy in RUN_DIR/notebooks finished without error for the
     same parameters and the same code is skipped; once one notebook runs, every later one runs too (it reads their outputs).
     `bagnet` is the course's `BAGNET` (bagnet9, bagnet17, bagnet33): notebook 03 trains it, 04 and 05 study it.
+    `nproc` is the course's `NPROC`: notebooks 02 and 03 train through `torchrun --nproc_per_node=<nproc>` (None:
+    in the notebook's own process); everything else runs in the notebooks as always.
     """
     notebook_dir = Path(notebook_dir)
     run_dir = Path(run_dir or f"runs/{profile}").resolve()
@@ -126,7 +132,7 @@ def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir:
         data_dir, synthetic = choose_data(data_dir)
     if synthetic:
         print(SYNTHETIC_BANNER, flush=True)
-    params = {**course_parameters(profile, run_dir, data_dir, manifest, seed, bagnet), **(extra_parameters or {})}
+    params = {**course_parameters(profile, run_dir, data_dir, manifest, seed, bagnet, nproc), **(extra_parameters or {})}
     timings_path = run_dir / "results" / "timings.json"
     previous = json.loads(timings_path.read_text()) if resume and timings_path.is_file() else {}
     timings: dict[str, float] = {}
@@ -151,7 +157,8 @@ def reproduce(profile: str = "cpu", run_dir: str | Path | None = None, data_dir:
 
 
 def seed_study(run_dir: str | Path, seeds: list[int], publish_to: str | Path | None = None,
-               cell_timeout: int = 4 * 3600, notebook_dir: str | Path = NOTEBOOK_DIR) -> pd.DataFrame:
+               cell_timeout: int = 4 * 3600, notebook_dir: str | Path = NOTEBOOK_DIR, gather: bool = False,
+               data_dir: str | Path | None = None, nproc: int | None = None) -> pd.DataFrame:
     """The seed study of a finished run: more training seeds of the same course, its seed table, its write-up again.
 
     For each seed in `seeds` other than the run's own, the whole course runs in `seeds.seed_run_dir(run_dir, seed)`
@@ -159,6 +166,12 @@ def seed_study(run_dir: str | Path, seeds: list[int], publish_to: str | Path | N
     (finished notebooks are skipped, training restarts after its last complete epoch), so the study can run in
     pieces. Then RUN_DIR/results/seeds.csv is written and notebook 05 runs again in RUN_DIR, so that summary.json
     and REPORT.md include the table (and claim (a) cites it). Returns the table.
+
+    Seeds are independent courses, so they can run on different machines (docs/distributed.md): `make seeds
+    SEEDS=1` on one and `SEEDS=2` on another (each with a copy of the finished run), then the seed directories
+    copied beside the run and `gather=True` (`make seeds-gather`): no course runs, the table takes every finished
+    `<run_dir>-seed*` beside the run. `data_dir` replaces the run's own data path (the data lives elsewhere on
+    this machine); `nproc` trains each seed with torchrun (`reproduce`'s).
     """
     run_dir, notebook_dir = Path(run_dir).resolve(), Path(notebook_dir)
     meta_path, summary_path = run_dir / "run.json", run_dir / "results" / "summary.json"
@@ -167,18 +180,29 @@ def seed_study(run_dir: str | Path, seeds: list[int], publish_to: str | Path | N
                         "a seed study adds seeds to a finished course. Run `make reproduce` (or `python -m bagnet_lib "
                         f"reproduce --run-dir {run_dir}`) first, then the seed study with the same run directory.")
     meta = json.loads(meta_path.read_text())
-    profile, data_dir, manifest = meta["profile"]["name"], meta["data_dir"], meta.get("manifest")
+    profile, manifest = meta["profile"]["name"], meta.get("manifest")
+    data_dir = data_dir or meta["data_dir"]
     bagnet = json.loads(summary_path.read_text())["bagnet"]
-    others = [s for s in dict.fromkeys(seeds) if s != meta["seed"]]
-    for seed in others:
+    if gather:
+        found = sorted(run_dir.parent.glob(f"{run_dir.name}-seed*"), key=lambda d: d.name)
+        others = [int(d.name.rsplit("-seed", 1)[1]) for d in found if d.name.rsplit("-seed", 1)[1].isdigit()
+                  and (d / "results" / "summary.json").is_file()]
+        others = sorted(s for s in others if s != meta["seed"])
+        print(f"[seeds] gathering the finished seeds beside {run_dir.name}: {others or 'none'}", flush=True)
+    else:
+        others = [s for s in dict.fromkeys(seeds) if s != meta["seed"]]
+        if not Path(data_dir).is_dir():
+            raise UserError(f"The run's data {data_dir} is not on this machine. Pass the dataset's folder here with "
+                            "--data-dir (the same images: the seed runs read the split from them).")
+    for seed in [] if gather else others:
         print(f"[seeds] training seed {seed} of the {profile} course in {seed_run_dir(run_dir, seed)}", flush=True)
         reproduce(profile, seed_run_dir(run_dir, seed), data_dir, manifest, seed, cell_timeout=cell_timeout,
-                  resume=True, notebook_dir=notebook_dir, bagnet=bagnet)
+                  resume=True, notebook_dir=notebook_dir, bagnet=bagnet, nproc=nproc)
     table = write_seeds(run_dir, [seed_run_dir(run_dir, s) for s in others])
     print(f"[seeds] {len(table)} seeds in {run_dir / 'results' / 'seeds.csv'}; the write-up again, with the table", flush=True)
     # timings.json keeps the course's own times (the seed table's course_minutes read it): this rerun is not timed
-    run_notebook(NOTEBOOKS[-1], run_dir, course_parameters(profile, run_dir, data_dir, manifest, meta["seed"], bagnet),
-                 timeout=cell_timeout, notebook_dir=notebook_dir)
+    run_notebook(NOTEBOOKS[-1], run_dir, course_parameters(profile, run_dir, meta["data_dir"], manifest, meta["seed"],
+                                                           bagnet), timeout=cell_timeout, notebook_dir=notebook_dir)
     if publish_to is not None:
         publish(run_dir, publish_to)
     return table

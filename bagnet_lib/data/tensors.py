@@ -4,8 +4,10 @@ Introduced in notebook 02. The paper's pipeline decoded every JPEG with PIL on e
 each image is decoded once into a uint8 tensor whose shorter side is the profile's base size, kept
 in memory and in an on-disk cache in the run directory (keyed by file content and base size, so an
 edited file is decoded again). Augmentation works on those tensors (torchvision.transforms.v2
-functional ops) with an explicit random generator, so an epoch is reproducible from (seed, epoch)
-alone, which is what makes resumed training identical to uninterrupted training.
+functional ops) with explicit random generators: an epoch's order comes from (seed, epoch) and each
+image's crop and flip from (seed, epoch, image index), so an epoch is reproducible from (seed, epoch)
+alone (resumed training is identical to uninterrupted training), and a global batch is the same images,
+augmented the same way, whatever the number of processes that share it (`bagnet_lib.nets.distributed`).
 
 Transforms as in the paper: train RandomResizedCrop(size) + horizontal flip; eval Resize(size) +
 CenterCrop(size); ImageNet mean/std; always RGB with EXIF orientation applied.
@@ -166,15 +168,40 @@ def eval_batch(data: ImageTensors, size: int) -> Tensor:
     return torch.stack([eval_transform(img, size) for img in data.images])
 
 
-def train_batches(data: ImageTensors, size: int, batch_size: int, seed: int, epoch: int,
-                  drop_last: bool = True, scale_min: float = 0.08) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled, augmented uint8 batches for one epoch; identical for the same (seed, epoch)."""
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = True) -> list[list[int]]:
+    """The global batches of one epoch as image indices: a permutation drawn from (seed, epoch), cut into
+    `batch_size` slices (the last partial one dropped with `drop_last`). The same whatever the world size."""
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(len(data), generator=gen)
-    stop = len(order) - len(order) % batch_size if drop_last and len(order) >= batch_size else len(order)
-    for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size].tolist()
-        yield (torch.stack([train_transform(data.images[i], size, gen, scale_min) for i in idx]), data.labels[idx])
+    order = torch.randperm(n, generator=gen).tolist()
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    return [order[start:start + batch_size] for start in range(0, stop, batch_size)]
+
+
+def rank_share(batch: Sequence[int], rank: int = 0, world_size: int = 1) -> list[int]:
+    """Rank `rank`'s contiguous part of a global batch: sizes differ by at most one, in rank order."""
+    n = len(batch)
+    return list(batch[n * rank // world_size:n * (rank + 1) // world_size])
+
+
+def image_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The random stream of one image's augmentation in one epoch, from (seed, epoch, index) alone
+    (numpy's SeedSequence mixes the three into one 64-bit seed: nearby triples give unrelated streams)."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def train_batches(data: ImageTensors, size: int, batch_size: int, seed: int, epoch: int,
+                  drop_last: bool = True, scale_min: float = 0.08, rank: int = 0,
+                  world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+    """Shuffled, augmented uint8 batches for one epoch; identical for the same (seed, epoch).
+
+    With `world_size` > 1 each batch is rank `rank`'s share (`rank_share`) of the global batch
+    `epoch_order` gives: the ranks together see exactly the images, and the augmentations, of one process.
+    """
+    for batch in epoch_order(len(data), batch_size, seed, epoch, drop_last):
+        idx = rank_share(batch, rank, world_size)
+        yield (torch.stack([train_transform(data.images[i], size, image_generator(seed, epoch, i), scale_min)
+                            for i in idx]), data.labels[idx])
 
 
 def eval_batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:

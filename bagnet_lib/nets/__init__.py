@@ -2,6 +2,6 @@
 
 `models` (ResNet-50 and BagNet-9/17/33 as one patch-logit ResNet), `weights` (the ImageNet checkpoints,
 hash-checked), `profiles` (the settings of a run: smoke, cpu, gpu, paper), `train` (the resumable training
-loop), `metrics` (scores and their intervals), `gradcam`, and `run` (an opened run directory, what the
-later layers read). Imports `data`, never the blackout study, the figures, the write-up or the course.
+loop), `distributed` (torchrun: ranks, sharded evaluation, rank 0 writes), `metrics` (scores and their
+intervals), `gradcam`, and `run` (an opened run directory, what the later layers read). Imports `data`, never the blackout study, the figures, the write-up or the course.
 """

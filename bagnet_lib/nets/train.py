@@ -14,12 +14,18 @@ The writes at the end of an epoch come in this order: `<name>_best.pt` (when val
 resumes from `<name>_last.pt`, the single source of truth: the history CSV is rewritten from it,
 an epoch whose checkpoint did not reach the disk is trained again (identically), and temporary files
 of interrupted writes are deleted, never read.
+
+Under torchrun (docs/distributed.md) the same function trains with DistributedDataParallel: each rank
+takes its share of every global batch (the images one process would see, augmented alike), the gradients
+are averaged, BatchNorm is synchronised on CUDA (`SyncBatchNorm`) and per-rank on CPU (PyTorch's
+SyncBatchNorm has no CPU kernel), validation is sharded, and rank 0 alone writes, in the order above.
 """
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -28,17 +34,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from bagnet_lib.data.tensors import ImageTensors, eval_batch, eval_batches, normalize, prefetch, train_batches
+from bagnet_lib.data.tensors import (
+    ImageTensors,
+    epoch_order,
+    eval_batch,
+    eval_batches,
+    normalize,
+    prefetch,
+    rank_share,
+    train_batches,
+)
 from bagnet_lib.errors import UserError
 from bagnet_lib.faults import fault_point
 from bagnet_lib.io import atomic_write, remove_stale_temporaries
+from bagnet_lib.nets.distributed import World, all_sum, barrier, eval_block, gather_cat, trace_batch, world
 from bagnet_lib.nets.metrics import accuracy, cross_entropy
 from bagnet_lib.nets.profiles import Profile
 from bagnet_lib.nets.weights import load_into, load_state_dict_file
 
+DEVICE_ENV = "BAGNET_DEVICE"
+
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` if given, else CUDA when available, else CPU."""
+    """`device` if given, else $BAGNET_DEVICE (the CLI's --device), else CUDA when available, else CPU.
+
+    Under torchrun with NCCL, "cuda" is this rank's own GPU (`distributed.init_distributed` selected it)."""
+    device = device or os.environ.get(DEVICE_ENV) or None
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,6 +134,7 @@ class TrainResult:
     best_val_acc: float
     best_checkpoint: Path
     resumed_from_epoch: int
+    trained_with: list[dict] = field(default_factory=list)  # per epoch: {"world_size", "backend"}
 
 
 def _lr_lambda(profile: Profile, steps_per_epoch: int):
@@ -150,33 +172,71 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 64, device: torc
             patch: bool = False, progress: bool = False, precision: str = "fp32") -> Tensor:
     """Logits for a uint8 image stack [N, 3, H, W]: image logits [N, K] or, with `patch`, [N, K, H', W'].
 
-    The backbone runs in `precision` (see `features_fp32`), the head in fp32.
+    The backbone runs in `precision` (see `features_fp32`), the head in fp32. Under torchrun each rank
+    computes one contiguous block of whole batches (`distributed.eval_block`) and every rank gets all the
+    logits, in order: the same batches, so the same numbers, as one process.
     """
     device = device or next(model.parameters()).device
     precision = resolve_precision(precision, device)
     model.eval()
+    start, stop = eval_block(len(images), batch_size)
+    mine = images[start:stop]
     outs = []
-    labels = torch.zeros(len(images), dtype=torch.long)
-    for x, _ in tqdm(eval_batches(images, labels, batch_size), total=math.ceil(len(images) / batch_size),
+    labels = torch.zeros(len(mine), dtype=torch.long)
+    for x, _ in tqdm(eval_batches(mine, labels, batch_size), total=math.ceil(len(mine) / batch_size),
                      desc="predict", disable=not progress, leave=False):
         f = features_fp32(model, normalize(x.to(device)), precision)
         out = model.head(f) if patch else model.fc(f.mean(dim=(2, 3)))
         outs.append(out.cpu())
-    return torch.cat(outs)
+    return gather_cat(outs)
 
 
-def epoch_batches(train: ImageTensors, profile: Profile, seed: int, epoch: int):
-    """One epoch's augmented uint8 batches (`train_batches`), prepared a batch ahead in a background thread."""
+def epoch_batches(train: ImageTensors, profile: Profile, seed: int, epoch: int, w: World | None = None):
+    """One epoch's augmented uint8 batches (`train_batches`; this rank's shares under torchrun), prepared a
+    batch ahead in a background thread."""
+    w = w or World()
     return prefetch(train_batches(train, profile.train_crop, profile.batch_size, seed, epoch,
-                                  drop_last=profile.drop_last, scale_min=profile.crop_scale_min))
+                                  drop_last=profile.drop_last, scale_min=profile.crop_scale_min, rank=w.rank,
+                                  world_size=w.size))
+
+
+def distribute(model: nn.Module, device: torch.device, w: World) -> tuple[nn.Module, nn.Module]:
+    """(what to train, what to save): DistributedDataParallel over `model` when there are several ranks, with
+    SyncBatchNorm on CUDA (batch statistics over the global batch; on CPU each rank keeps its own, since
+    PyTorch's SyncBatchNorm has no CPU kernel); `(model, model)` for one process. The saved module's
+    state_dict has the keys of the plain network."""
+    if w.size == 1:
+        return model, model
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None), model
+
+
+def check_world(profile: Profile, n_train: int, w: World) -> None:
+    """Refuse, before any training, a world size that cannot split the profile's batches evenly."""
+    if w.size == 1:
+        return
+    if profile.batch_size % w.size:
+        raise UserError(f"The {profile.name} profile's batch of {profile.batch_size} images cannot be split over "
+                        f"{w.size} processes (each rank takes batch_size / world_size images). Use a world size "
+                        f"that divides {profile.batch_size} (--nproc_per_node × --nnodes).")
+    last = n_train % profile.batch_size
+    if not profile.drop_last and 0 < last < w.size:
+        raise UserError(f"The last batch of each epoch holds {last} image{'s' * (last != 1)} (the {profile.name} "
+                        f"profile keeps it), fewer than the {w.size} processes: some ranks would get none. "
+                        "Use fewer processes.")
 
 
 def train_on_batch(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor, *,
                    precision: str = "fp32", channels_last: bool = False,
-                   label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+                   label_smoothing: float = 0.0, grad_scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """One optimizer step on a uint8 batch [N, 3, H, W]: normalise, forward in `precision`, cross-entropy in
-    fp32, backward, step. Returns the loss and the logits (detached). `train_model` and `bench train` both
-    time exactly this function."""
+    fp32, backward, step. Returns the loss (the mean over these images) and the logits (detached).
+    `train_model` and `bench train` both time exactly this function.
+
+    `grad_scale` multiplies the loss before `backward`: a rank's share n_r of a global batch of B images over
+    W ranks takes n_r·W/B, so that DistributedDataParallel's average over ranks is the global batch's mean
+    (1 whenever the shares are equal)."""
     device = next(model.parameters()).device
     x = normalize(images.to(device, non_blocking=True))
     if channels_last:
@@ -188,7 +248,7 @@ def train_on_batch(model: nn.Module, optimizer: torch.optim.Optimizer, images: T
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if grad_scale == 1.0 else loss * grad_scale).backward()
     optimizer.step()
     return loss.detach(), logits.detach()
 
@@ -198,18 +258,21 @@ def train_model(model: nn.Module, train: ImageTensors, val: ImageTensors, profil
                 progress: bool = True, history_path: str | Path | None = None) -> TrainResult:
     """Train `model` on `train`, validating on `val` after each epoch; resumes from `out_dir`.
 
-    The per-epoch history goes to `history_path` (default `out_dir/<name>_history.csv`).
+    The per-epoch history goes to `history_path` (default `out_dir/<name>_history.csv`). Under torchrun
+    every rank calls this with the same arguments (see the module docstring).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    w = world()
+    check_world(profile, len(train), w)
     device = select_device(device)
     precision = resolve_precision(profile.precision, device)
-    if precision != profile.precision:
+    if precision != profile.precision and w.main:
         print(f"[train] {profile.precision} requested, but this {device.type} has no fast bf16: training in {precision}")
     channels_last = use_channels_last(model, device, profile.channels_last)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    net, model = distribute(model, device, w)
     steps = (max(1, len(train) // profile.batch_size) if profile.drop_last and len(train) >= profile.batch_size
              else math.ceil(len(train) / profile.batch_size))
     optimizer = make_optimizer(model, profile)
@@ -219,10 +282,13 @@ def train_model(model: nn.Module, train: ImageTensors, val: ImageTensors, profil
     fingerprint = _fingerprint(profile, name, seed, len(train))
     history: list[dict] = []
     best = {"epoch": 0, "val_acc": -1.0}
+    trained_with: list[dict] = []  # per epoch: the world size and backend it was trained with
     start_epoch = 0
-    for path in (last_path, best_path, history_path):  # leftovers of a write that was interrupted
-        remove_stale_temporaries(path)
-    if last_path.is_file():
+    if w.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in (last_path, best_path, history_path):  # leftovers of a write that was interrupted
+            remove_stale_temporaries(path)
+    if last_path.is_file():  # every rank resumes from the same file
         state = _load_training_state(last_path)
         if state.get("fingerprint") != fingerprint:
             raise UserError(
@@ -232,20 +298,24 @@ def train_model(model: nn.Module, train: ImageTensors, val: ImageTensors, profil
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best, start_epoch = state["history"], state["best"], int(state["epoch"])
-        # the history CSV is written after the checkpoint: a kill between the two leaves it an epoch behind
-        atomic_write(history_path, lambda p: pd.DataFrame(history).to_csv(p, index=False))
+        trained_with = state.get("trained_with", [])
+        if w.main:  # the history CSV is written after the checkpoint: a kill between the two leaves it an epoch behind
+            atomic_write(history_path, lambda p: pd.DataFrame(history).to_csv(p, index=False))
     val_images = eval_batch(val, profile.image_size)
     for epoch in range(start_epoch, profile.epochs):
         t0 = time.perf_counter()
-        model.train()
+        net.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        batches = epoch_batches(train, profile, seed, epoch)
-        bar = tqdm(batches, total=steps, desc=f"{name} epoch {epoch + 1}/{profile.epochs}", disable=not progress,
-                   leave=False)
-        for x, y in bar:
+        global_batches = epoch_order(len(train), profile.batch_size, seed, epoch, profile.drop_last)
+        batches = epoch_batches(train, profile, seed, epoch, w)
+        bar = tqdm(batches, total=steps, desc=f"{name} epoch {epoch + 1}/{profile.epochs}",
+                   disable=not (progress and w.main), leave=False)
+        for step, ((x, y), batch) in enumerate(zip(bar, global_batches)):
+            trace_batch(epoch, step, rank_share(batch, w.rank, w.size))
             try:
-                loss, logits = train_on_batch(model, optimizer, x, y, precision=precision,
-                                              channels_last=channels_last, label_smoothing=profile.label_smoothing)
+                loss, logits = train_on_batch(net, optimizer, x, y, precision=precision, channels_last=channels_last,
+                                              label_smoothing=profile.label_smoothing,
+                                              grad_scale=len(y) * w.size / len(batch))
             except FloatingPointError as exc:
                 raise UserError(f"Training {name} diverged ({exc}) in epoch {epoch + 1}; "
                                 "lower the learning rate of the profile.") from None
@@ -255,28 +325,34 @@ def train_model(model: nn.Module, train: ImageTensors, val: ImageTensors, profil
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
             fault_point("after_batch")
+        loss_sum, correct, seen = all_sum([loss_sum, correct, seen])  # the global batch's numbers (as is: 1 rank)
         val_logits = predict(model, val_images, profile.eval_batch_size, device, precision=precision)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": cross_entropy(val_logits, val.labels), "val_acc": accuracy(val_logits, val.labels),
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         history.append(row)
-        if row["val_acc"] > best["val_acc"]:
+        trained_with.append({"world_size": w.size, "backend": w.backend})
+        if row["val_acc"] > best["val_acc"]:  # every rank decides alike: the validation logits are gathered
             best = {"epoch": epoch + 1, "val_acc": row["val_acc"]}
-            model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            atomic_write(best_path, lambda p: torch.save({"model": model_state, **best}, p))
+            if w.main:
+                model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                atomic_write(best_path, lambda p: torch.save({"model": model_state, **best}, p))
             fault_point("after_best")
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best": best,
-                 "fingerprint": fingerprint}
-        atomic_write(last_path, lambda p: torch.save(state, p))
+        if w.main:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best": best,
+                     "fingerprint": fingerprint, "trained_with": trained_with}
+            atomic_write(last_path, lambda p: torch.save(state, p))
         fault_point("after_last")
-        atomic_write(history_path, lambda p: pd.DataFrame(history).to_csv(p, index=False))
+        if w.main:
+            atomic_write(history_path, lambda p: pd.DataFrame(history).to_csv(p, index=False))
         fault_point("after_epoch")
-        if progress:
+        if progress and w.main:
             tqdm.write(f"{name} epoch {epoch + 1}/{profile.epochs}: train loss {row['train_loss']:.3f} "
                        f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} "
                        f"| {row['seconds']:.0f}s")
-    return TrainResult(pd.DataFrame(history), best["epoch"], best["val_acc"], best_path, start_epoch)
+    barrier()  # rank 0's checkpoints are on disk before any rank reads them
+    return TrainResult(pd.DataFrame(history), best["epoch"], best["val_acc"], best_path, start_epoch, trained_with)
 
 
 def _load_training_state(path: Path) -> dict:
