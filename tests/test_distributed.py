@@ -12,14 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from bagnet_lib.blackout.pixels import pixel_blackout_eval
@@ -32,6 +30,7 @@ from bagnet_lib.nets.models import build_model
 from bagnet_lib.nets.profiles import get_profile
 from bagnet_lib.nets.train import check_world, distribute, predict, train_on_batch
 from tests.conftest import ROOT
+from tests.multiproc import two_ranks_and_one
 
 TIMEOUT = 300  # seconds for one launch; pytest-timeout bounds each test as well
 
@@ -90,31 +89,6 @@ def test_nccl_without_enough_gpus_is_a_clear_error_before_any_process_group(monk
 
 
 # ----------------------------------------------------------------------------- torch.multiprocessing, file://
-def _join(rank: int, world_size: int, rendezvous: Path) -> None:
-    torch.set_num_threads(1)  # as torchrun does for several processes per machine: fp32 rounding depends on it
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=120))
-
-
-def _in_group(rank: int, world_size: int, rendezvous: Path, out: Path, compute) -> None:
-    _join(rank, world_size, rendezvous)
-    torch.save(compute(rank, world_size), out / f"rank{rank}.pt")
-    dist.destroy_process_group()
-
-
-def two_ranks_and_one(tmp_path: Path, compute) -> tuple[list[dict], dict]:
-    """`compute(rank, world_size)` in 2 spawned ranks (file:// rendezvous), and in this process as rank 0 of 1
-    with 1 intra-op thread, as each rank has. Returns the ranks' results and the one-process result."""
-    mp.spawn(_in_group, args=(2, tmp_path / "rendezvous", tmp_path, compute), nprocs=2, join=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        one = compute(0, 1)
-    finally:
-        torch.set_num_threads(threads)
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)], one
-
-
 class NoBatchNorm(nn.Module):
     """A small convolutional network without BatchNorm: DDP's averaged gradient is exactly the global batch's."""
 

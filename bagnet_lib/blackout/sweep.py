@@ -11,7 +11,6 @@ Introduced in notebook 04. Three different things have been called "blackout"; t
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from bagnet_lib.blackout.aggregate import aggregate
 from bagnet_lib.blackout.masks import make_mask
+from bagnet_lib.blackout.stream import StreamingSweep, sweep_configs
 from bagnet_lib.data.tensors import eval_batches, normalize
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import atomic_write
@@ -109,41 +109,14 @@ def sweep(cache: LogitCache, kinds: Iterable[str], drop_fracs: Iterable[float], 
     once per fraction (seed recorded as 0). `per_image=True` draws an independent random mask per
     image; otherwise one mask is shared by all images, as in the paper. Returns one row per
     configuration: kind, drop_frac, seed, aggregation, acc, loss, n_images, kept_frac. Masks are
-    processed `chunk` at a time to bound memory.
+    processed `chunk` at a time to bound memory. The engine is `stream.StreamingSweep`, fed the whole
+    cache as one batch (the ImageNet study feeds it batch by batch).
     """
-    x, y = cache.patch_logits.float(), cache.labels
-    n, k, h, w = x.shape
-    drop_fracs, seeds, aggregations = list(drop_fracs), list(seeds), list(aggregations)
-    configs: list[tuple[str, float, int]] = []
-    for kind in kinds:
-        fracs = [0.5] if kind in ("checkerboard", "raster") else drop_fracs
-        kind_seeds = seeds if kind in ("random", "block") else [0]
-        configs += [(kind, float(f), int(s)) for f, s in itertools.product(fracs, kind_seeds)]
-    configs = list(dict.fromkeys(configs))  # alternating kinds ignore drop_frac: evaluate once
-    flat = x.reshape(n, k, h * w)
-    rows = []
-    for start in range(0, len(configs), chunk):
-        part = configs[start:start + chunk]
-        keep = torch.stack([make_mask(kind, h, w, frac, seed, patch_logits=x, per_image=n if per_image else None)
-                            .expand(n, h, w).reshape(n, h * w) for kind, frac, seed in part])  # [M, N, P]
-        if not bool(keep.any(dim=2).all()):
-            raise ValueError("a mask keeps no patch for some image: nothing left to aggregate")
-        kept_frac = keep.float().mean(dim=(1, 2))
-        for agg in aggregations:
-            if agg in ("mean", "zero"):
-                keep_f = keep.float()
-                sums = torch.einsum("nkp,mnp->mnk", flat, keep_f)
-                denom = keep_f.sum(dim=2, keepdim=True) if agg == "mean" else torch.tensor(float(h * w))
-                acc, loss = mean_scores(sums / denom, y)
-            else:
-                acc, loss = mean_scores(torch.stack([aggregate(x, m.view(n, h, w), agg) for m in keep]), y)
-            rows += [{"kind": kind, "drop_frac": frac, "seed": seed, "aggregation": agg, "acc": float(acc[i]),
-                      "loss": float(loss[i]), "n_images": n, "kept_frac": float(kept_frac[i])}
-                     for i, (kind, frac, seed) in enumerate(part)]
-    order = {a: i for i, a in enumerate(aggregations)}
-    df = pd.DataFrame(rows, columns=["kind", "drop_frac", "seed", "aggregation", "acc", "loss", "n_images",
-                                     "kept_frac"])
-    return df.sort_values("aggregation", key=lambda c: c.map(order), kind="stable", ignore_index=True)
+    x, y = cache.patch_logits, cache.labels
+    engine = StreamingSweep(tuple(x.shape[-2:]), sweep_configs(kinds, drop_fracs, seeds), list(aggregations),
+                            per_image=len(y) if per_image else None, chunk=chunk)
+    engine.add(x, y)
+    return engine.frame()[["kind", "drop_frac", "seed", "aggregation", "acc", "loss", "n_images", "kept_frac"]]
 
 
 def summarize_sweep(df: pd.DataFrame) -> pd.DataFrame:
