@@ -65,7 +65,7 @@ class StreamingSweep:
         n, _, h, w = x.shape
         if kind in ("topk", "bottomk"):  # per image, from its own patch logits
             return make_mask(kind, h, w, frac, seed, patch_logits=x).reshape(n, h * w)
-        if self.per_image is not None:
+        if self.per_image is not None:  # drawn for all images, then sliced: O(N) a batch, but no N-sized state
             m = make_mask(kind, h, w, frac, seed, per_image=self.per_image)
             if m.dim() == 3:
                 return m[start:start + n].reshape(n, h * w)

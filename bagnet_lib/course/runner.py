@@ -24,7 +24,7 @@ from bagnet_lib.course.pipeline import SYNTHETIC_BANNER, choose_data
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import PROJECT_ROOT, write_json, write_text
 from bagnet_lib.writeup.readme import update_readme
-from bagnet_lib.writeup.seeds import seed_run_dir, write_seeds
+from bagnet_lib.writeup.seeds import finished_seeds, seed_run_dir, write_seeds
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -184,20 +184,17 @@ def seed_study(run_dir: str | Path, seeds: list[int], publish_to: str | Path | N
     data_dir = data_dir or meta["data_dir"]
     bagnet = json.loads(summary_path.read_text())["bagnet"]
     if gather:
-        found = sorted(run_dir.parent.glob(f"{run_dir.name}-seed*"), key=lambda d: d.name)
-        others = [int(d.name.rsplit("-seed", 1)[1]) for d in found if d.name.rsplit("-seed", 1)[1].isdigit()
-                  and (d / "results" / "summary.json").is_file()]
-        others = sorted(s for s in others if s != meta["seed"])
+        others = [s for s in finished_seeds(run_dir) if s != meta["seed"]]
         print(f"[seeds] gathering the finished seeds beside {run_dir.name}: {others or 'none'}", flush=True)
     else:
         others = [s for s in dict.fromkeys(seeds) if s != meta["seed"]]
         if not Path(data_dir).is_dir():
             raise UserError(f"The run's data {data_dir} is not on this machine. Pass the dataset's folder here with "
                             "--data-dir (the same images: the seed runs read the split from them).")
-    for seed in [] if gather else others:
-        print(f"[seeds] training seed {seed} of the {profile} course in {seed_run_dir(run_dir, seed)}", flush=True)
-        reproduce(profile, seed_run_dir(run_dir, seed), data_dir, manifest, seed, cell_timeout=cell_timeout,
-                  resume=True, notebook_dir=notebook_dir, bagnet=bagnet, nproc=nproc)
+        for seed in others:
+            print(f"[seeds] training seed {seed} of the {profile} course in {seed_run_dir(run_dir, seed)}", flush=True)
+            reproduce(profile, seed_run_dir(run_dir, seed), data_dir, manifest, seed, cell_timeout=cell_timeout,
+                      resume=True, notebook_dir=notebook_dir, bagnet=bagnet, nproc=nproc)
     table = write_seeds(run_dir, [seed_run_dir(run_dir, s) for s in others])
     print(f"[seeds] {len(table)} seeds in {run_dir / 'results' / 'seeds.csv'}; the write-up again, with the table", flush=True)
     # timings.json keeps the course's own times (the seed table's course_minutes read it): this rerun is not timed

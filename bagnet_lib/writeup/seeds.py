@@ -59,6 +59,14 @@ def seed_run_dir(run_dir: str | Path, seed: int) -> Path:
     return run_dir.parent / f"{run_dir.name}-seed{seed}"
 
 
+def finished_seeds(run_dir: str | Path) -> list[int]:
+    """The seeds N of every `<run_dir>-seedN` beside `run_dir` whose write-up finished (results/summary.json), sorted."""
+    run_dir = Path(run_dir)
+    prefix = f"{run_dir.name}-seed"
+    return sorted(int(d.name[len(prefix):]) for d in run_dir.parent.glob(f"{prefix}*")
+                  if d.name[len(prefix):].isdigit() and (d / "results" / "summary.json").is_file())
+
+
 def _change(summary: dict, reading: str, kind: str, frac: float) -> float:
     """Table 1's paired change (masked − all kept) of one blackout row."""
     for r in summary["table1"]:
