@@ -76,12 +76,13 @@ def _json_default(obj: Any) -> Any:
 
 
 def display_path(path: str | Path) -> str:
-    """A path as published: relative to the repository when inside it, `$BAGNET_DATA` when it is that, else its name."""
+    """A path as published: relative to the repository when inside it or inside the shared folder beside it
+    (`../shared/…`), `$BAGNET_DATA` when it is that, else `<its name>` (nothing of this machine's layout)."""
     path = Path(path).resolve()
     env = os.environ.get("BAGNET_DATA")
     if env and Path(env).resolve() == path:
         return "$BAGNET_DATA"
-    for base, prefix in ((PROJECT_ROOT, ""), (PROJECT_ROOT.parent, "../")):
+    for base, prefix in ((PROJECT_ROOT, ""), (PROJECT_ROOT.parent / "shared", "../shared/")):
         try:
             return prefix + path.relative_to(base.resolve()).as_posix()
         except ValueError:

@@ -104,3 +104,15 @@ def test_update_readme_leaves_a_readme_without_blocks_alone(tmp_path):
     before = readme.read_bytes()
     assert update_readme(readme, _summary(), TIMINGS) is False
     assert readme.read_bytes() == before
+
+
+def test_published_paths_say_nothing_of_this_machines_layout(monkeypatch, tmp_path):
+    from bagnet_lib.io import PROJECT_ROOT, display_path
+
+    monkeypatch.delenv("BAGNET_DATA", raising=False)
+    assert display_path(PROJECT_ROOT / "data" / "synthetic") == "data/synthetic"
+    assert display_path(PROJECT_ROOT.parent / "shared" / "data" / "flowers") == "../shared/data/flowers"
+    assert display_path(PROJECT_ROOT.parent / "elsewhere" / "flowers") == "<flowers>"  # a sibling of the clone
+    assert display_path(tmp_path / "synthetic0") == "<synthetic0>"
+    monkeypatch.setenv("BAGNET_DATA", str(tmp_path))
+    assert display_path(tmp_path) == "$BAGNET_DATA"
