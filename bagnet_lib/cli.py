@@ -1,7 +1,8 @@
-"""`python -m bagnet_lib …`: data download|audit|split|synthetic, train, cache-logits, sweep, blackout, reproduce, seeds.
+"""`python -m bagnet_lib …`: data download|audit|split|synthetic, train, cache-logits, sweep, blackout, imagenet,
+reproduce, seeds.
 
 A user error exits with status 2 and a one-paragraph message, never a traceback. `train`, `cache-logits`,
-`sweep` and `blackout` also run under `torchrun` (docs/distributed.md): each rank runs the command, rank 0
+`sweep`, `blackout` and `imagenet` also run under `torchrun` (docs/distributed.md): each rank runs the command, rank 0
 alone writes and prints, and an error is printed once, by rank 0.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from bagnet_lib.bench import BENCHMARKS
+from bagnet_lib.blackout.imagenet import StreamSettings
 from bagnet_lib.errors import UserError
 from bagnet_lib.nets.profiles import PROFILES
 
@@ -102,6 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--manifest", default=None)
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--no-progress", action="store_true")
+    i = sub.add_parser("imagenet", help="the blackout study on an ImageNet validation folder with the published nets, "
+                                        "streaming and resumable, also under torchrun (docs/imagenet.md)")
+    i.add_argument("--val-dir", default=os.environ.get("IMAGENET_VAL"),
+                   help="the validation folder, <wnid>/*.JPEG (default: $IMAGENET_VAL)")
+    i.add_argument("--model", default="bagnet33", choices=["bagnet9", "bagnet17", "bagnet33", "resnet50"])
+    i.add_argument("--weights", default="imagenet",
+                   help="imagenet: the published checkpoint (torch.hub cache, downloaded if missing, SHA-256 checked); "
+                        "or a checkpoint file (its head sets the class count)")
+    i.add_argument("--out", default="runs/imagenet", help="outputs go to OUT/<model>/ (default runs/imagenet)")
+    i.add_argument("--masks", nargs="+", default=list(StreamSettings.kinds),
+                   help="patch mask kinds (random, checkerboard, raster, center, border, block, topk, bottomk)")
+    i.add_argument("--drop-fracs", nargs="+", type=float, default=list(StreamSettings.drop_fracs))
+    i.add_argument("--seeds", type=int, default=StreamSettings.seeds, help="random masks per kind and fraction")
+    i.add_argument("--aggregations", nargs="+", default=list(StreamSettings.aggregations))
+    i.add_argument("--channels", nargs="*", default=list(StreamSettings.channel_kinds),
+                   help="channel masks (the paper's code): random, alternating; none with an empty list")
+    i.add_argument("--pixel", nargs="*", type=float, default=[],
+                   help="drop fractions of pixel blackout (8 px tiles, a mask per image); each one more forward pass")
+    i.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32 (TF32 off; the published numbers' precision) or bf16 (faster, with a warning)")
+    i.add_argument("--batch-size", type=int, default=32)
+    i.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader decoding processes")
+    i.add_argument("--checkpoint-every", type=int, default=20, help="write the partial sums every N batches")
+    i.add_argument("--subset", type=int, default=None, help="only N images spread evenly over the folder (a quick check)")
+    i.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    i.add_argument("--no-progress", action="store_true")
     r = sub.add_parser("reproduce", help="run notebooks 01-05 headless with papermill (the whole course)")
     r.add_argument("--run-dir", default=None, help="run directory (default runs/<profile>)")
     r.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
@@ -172,6 +200,8 @@ def _run(args: argparse.Namespace) -> int:
             book = json.loads((TUNING_DIR / f"{args.profile}.json").read_text())
             _rewrite_block(Path(args.readme), "tuning", tuning_table(book))
         return 0
+    if args.command == "imagenet":
+        return _imagenet(args, progress)
     from bagnet_lib.blackout import study
     from bagnet_lib.course import pipeline
     from bagnet_lib.nets.models import MODEL_NAMES
@@ -232,6 +262,37 @@ def _run(args: argparse.Namespace) -> int:
                 say(f"{name}: {len(df)} rows in {run.results / f'blackout_{name}.csv'}")
     finally:
         close_distributed()
+    return 0
+
+
+def _imagenet(args: argparse.Namespace, progress: bool) -> int:
+    from bagnet_lib.blackout.imagenet import drop_fractions
+    from bagnet_lib.course.imagenet import imagenet_study
+    from bagnet_lib.nets.distributed import close_distributed, init_distributed
+
+    if not args.val_dir:
+        raise UserError("No ImageNet validation folder: pass --val-dir DIR (the folder of the 1,000 synset folders) "
+                        "or set IMAGENET_VAL. docs/imagenet.md says how to prepare one.")
+    settings = StreamSettings(tuple(args.masks), drop_fractions(args.drop_fracs), args.seeds, tuple(args.aggregations),
+                              tuple(args.channels), drop_fractions(args.pixel))
+    w = init_distributed(args.device)
+    try:
+        s = imagenet_study(args.val_dir, args.model, args.weights, args.out, settings, args.batch_size, args.workers,
+                           args.precision, args.checkpoint_every, args.subset, args.device, progress and w.main)
+    finally:
+        close_distributed()
+    if w.main:
+        full = s["full"]
+        print(f"{s['model_label']} on {s['n_images']} images ({s['n_unreadable']} unreadable, skipped), {s['precision']}, "
+              f"{s['world_size']} process{'es' * (s['world_size'] != 1)}: top-1 {full['top1']['value']:.2f} % "
+              f"[{full['top1']['ci95'][0]:.2f}, {full['top1']['ci95'][1]:.2f}], top-5 {full['top5']['value']:.2f} %")
+        for a in s["anchors"]:
+            mine = "not comparable" if a["this_run"] is None else f"this run {a['this_run']:.2f} ({a['difference']:+.2f})"
+            print(f"  {a['source']}: {a['metric']} {a['value']:.2f} % ({a['precision']}); {mine}")
+        if not s["anchors_apply"]:
+            print("  (the anchors apply to the published weights in fp32 on all 50,000 images without unreadable files; "
+                  "this run is not that)")
+        print(f"written to {Path(args.out) / args.model}/ (blackout.csv, summary.json, drop_curve.png)")
     return 0
 
 

@@ -83,7 +83,7 @@ def test_channel_mask_is_what_the_papers_code_did():
     with torch.no_grad():
         paper.fc.weight.mul_(mask[None, :])  # the paper: fc.weight columns times a 0/1 vector
         expected = paper(normalize(x))
-    torch.testing.assert_close(channel_masked_logits(cache, mask), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(channel_masked_logits(cache, mask).float(), expected, rtol=1e-4, atol=1e-4)
     rows = channel_sweep(cache, [("alternating", 0.5), ("random", 0.25)], range(4))
     assert len(rows) == 5 and set(rows["kind"]) == {"channel_alternating", "channel_random"}
 

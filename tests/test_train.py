@@ -8,6 +8,7 @@ import torch
 from bagnet_lib.data.split import make_split
 from bagnet_lib.data.tensors import eval_batch, load_split_tensors
 from bagnet_lib.errors import UserError
+from bagnet_lib.nets import precision as precision_mod
 from bagnet_lib.nets import train as train_mod
 from bagnet_lib.nets.metrics import cross_entropy
 from bagnet_lib.nets.models import build_model
@@ -120,13 +121,13 @@ def test_predict_patch_logits_shape(data):
 
 def test_precision_resolves_to_what_the_device_can_do(monkeypatch):
     cpu = torch.device("cpu")
-    assert train_mod.resolve_precision("fp32", cpu) == "fp32"
-    monkeypatch.setattr(train_mod, "cpu_has_fast_bf16", lambda: True)
-    assert train_mod.resolve_precision("bf16", cpu) == "bf16"
-    monkeypatch.setattr(train_mod, "cpu_has_fast_bf16", lambda: False)  # emulated bf16 would be slower
-    assert train_mod.resolve_precision("bf16", cpu) == "fp32"
+    assert precision_mod.resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(precision_mod, "cpu_has_fast_bf16", lambda: True)
+    assert precision_mod.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(precision_mod, "cpu_has_fast_bf16", lambda: False)  # emulated bf16 would be slower
+    assert precision_mod.resolve_precision("bf16", cpu) == "fp32"
     with pytest.raises(UserError, match="Unknown precision 'fp16'"):
-        train_mod.resolve_precision("fp16", cpu)
+        precision_mod.resolve_precision("fp16", cpu)
 
 
 def test_channels_last_only_where_it_is_safe_and_faster():
@@ -160,7 +161,7 @@ def test_every_evaluation_path_computes_alike(data, precision):
     torch.testing.assert_close(cache.patch_logits.mean(dim=(2, 3)), logits, rtol=1e-5, atol=1e-5)
     patch = predict(model, images, batch_size=5, patch=True, precision=precision)
     torch.testing.assert_close(patch, cache.patch_logits, rtol=0, atol=0)
-    if precision == "bf16" and train_mod.resolve_precision("bf16", torch.device("cpu")) == "bf16":
+    if precision == "bf16" and precision_mod.resolve_precision("bf16", torch.device("cpu")) == "bf16":
         fp32 = predict(model, images, batch_size=5)
         assert not torch.equal(fp32, logits)  # bf16 really ran …
         assert (fp32 - logits).norm() / fp32.norm() < 0.05  # … and stays close to fp32
@@ -217,3 +218,24 @@ def test_an_unfinished_prefetch_does_not_abort_the_interpreter_at_exit():
             "g = prefetch(endless())\nnext(g)\nprint('left unfinished')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and "left unfinished" in done.stdout, (done.returncode, done.stderr[-500:])
+
+
+def test_fp32_training_runs_with_tf32_off_in_forward_and_backward_and_restores_the_flags(data, tmp_path):
+    """The `paper` profile's precision: TF32 off for the whole run (cuDNN's default is on), the flags back after."""
+    train, val = data
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        model, seen = _model(), []
+        model.layer4.register_forward_hook(lambda *a: seen.append(("forward", precision_mod.tf32_flags())))
+        model.layer1.register_full_backward_hook(lambda *a: seen.append(("backward", precision_mod.tf32_flags())))
+        train_model(model, train, val, _profile(epochs=1, precision="fp32", channels_last=False), tmp_path, "m",
+                    progress=False)
+        assert {kind for kind, _ in seen} == {"forward", "backward"}
+        assert all(not any(flags.values()) for _, flags in seen)
+        assert precision_mod.tf32_flags() == {"cudnn.allow_tf32": True, "cuda.matmul.allow_tf32": True}
+        seen.clear()
+        train_model(_model(), train, val, _profile(epochs=1, precision="bf16"), tmp_path / "b", "m", progress=False)
+        assert precision_mod.tf32_flags() == {"cudnn.allow_tf32": True, "cuda.matmul.allow_tf32": True}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

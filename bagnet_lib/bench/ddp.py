@@ -28,13 +28,13 @@ import torch
 from bagnet_lib.errors import UserError
 from bagnet_lib.nets.distributed import barrier, close_distributed, init_distributed
 from bagnet_lib.nets.models import build_model
+from bagnet_lib.nets.precision import resolve_precision
 from bagnet_lib.nets.profiles import get_profile
 from bagnet_lib.nets.train import (
     check_world,
     distribute,
     make_optimizer,
     predict,
-    resolve_precision,
     select_device,
     train_on_batch,
     use_channels_last,

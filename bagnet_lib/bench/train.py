@@ -7,7 +7,7 @@ decoded images, augmented by `train_batches`, prepared a batch ahead in a backgr
 round by round so that drift on a shared machine hits both:
 
 - `fp32 NCHW`: the step as the library ran it before (fp32, the default memory layout);
-- `profile`: the profile's precision (`train.resolve_precision`: bf16 autocast where the CPU has native
+- `profile`: the profile's precision (`precision.resolve_precision`: bf16 autocast where the CPU has native
   bf16) and layout (`train.use_channels_last`: channels-last for ResNet-50 only on CPU).
 
 Per arm: images/s over whole steps, the *data wait* (time blocked waiting for the next batch), and
@@ -30,8 +30,9 @@ from bagnet_lib.data.folder import class_names, find_data_dir, list_images
 from bagnet_lib.data.tensors import ImageTensors, base_size_for, decode_images
 from bagnet_lib.errors import UserError
 from bagnet_lib.nets.models import build_model
+from bagnet_lib.nets.precision import resolve_precision
 from bagnet_lib.nets.profiles import get_profile
-from bagnet_lib.nets.train import epoch_batches, make_optimizer, resolve_precision, train_on_batch, use_channels_last
+from bagnet_lib.nets.train import epoch_batches, make_optimizer, train_on_batch, use_channels_last
 
 MODELS = ("resnet50", "bagnet33")
 NUM_CLASSES = 5

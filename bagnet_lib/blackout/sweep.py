@@ -29,7 +29,7 @@ from bagnet_lib.errors import UserError
 from bagnet_lib.io import atomic_write
 from bagnet_lib.nets.distributed import eval_block, gather_parts
 from bagnet_lib.nets.metrics import correct, nll, spread, t_interval
-from bagnet_lib.nets.train import features_fp32, resolve_precision
+from bagnet_lib.nets.precision import features_fp32, resolve_precision
 
 # The paper's four blackout settings (its Table 1 columns) and its random drop fractions.
 PAPER_SETTINGS = (("alternating", 0.5), ("random", 0.75), ("random", 0.5), ("random", 0.25))

@@ -30,9 +30,10 @@ from bagnet_lib.io import PROJECT_ROOT, write_json
 from bagnet_lib.nets.distributed import main_first, world
 from bagnet_lib.nets.metrics import correct, evaluate_logits, nll
 from bagnet_lib.nets.models import build_model
+from bagnet_lib.nets.precision import resolve_precision
 from bagnet_lib.nets.profiles import PROFILES, Profile, get_profile
 from bagnet_lib.nets.run import Run
-from bagnet_lib.nets.train import load_best, predict, resolve_precision, train_model
+from bagnet_lib.nets.train import load_best, predict, train_model
 
 SYNTHETIC_BANNER = ("=" * 78 + "\n  NO REAL DATASET FOUND: this run uses the embedded SYNTHETIC flowers.\n"
                     "  Its numbers say nothing about the paper. For the real data set BAGNET_DATA\n"

@@ -389,3 +389,38 @@ def plot_frontier(points: pd.DataFrame, out: str | Path | None = None,
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title)
     return save(fig, out)
+
+
+def plot_imagenet_drop(frame: pd.DataFrame, out: str | Path | None = None, title: str = "") -> Figure:
+    """The ImageNet study's drop curves: top-1 and top-5 (%) vs the fraction dropped, for patch blackout with
+    `mean` and `zero` aggregation and for the paper's channel masking (and pixel blackout where run).
+
+    Each point is the mean over the random masks (seeds) of one fraction; the band is the mean of the masks'
+    95 % intervals over images (normal approximation); the full model is the point at 0 % on every curve.
+    """
+    full = frame[frame["kind"] == "full"].iloc[0]
+    curves = {f"patches dropped, {agg} aggregation": frame[(frame["kind"] == "random") & (frame["aggregation"] == agg)]
+              for agg in ("mean", "zero")}
+    curves["feature channels zeroed (the paper's code)"] = frame[frame["kind"] == "channel_random"]
+    curves["pixel tiles painted out (8 px)"] = frame[frame["kind"] == "pixel_random"]
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
+    for ax, col, name in ((axes[0], "acc", "top-1"), (axes[1], "top5", "top-5")):
+        for label, g in curves.items():
+            if g.empty:
+                continue
+            s = g.groupby("drop_frac")[[col, f"{col}_ci_low", f"{col}_ci_high"]].mean()
+            x = np.concatenate([[0.0], s.index.to_numpy()]) * 100
+            ax.plot(x, np.concatenate([[full[col]], s[col].to_numpy()]) * 100, "o-", ms=3, label=label)
+            ax.fill_between(x, np.concatenate([[full[f"{col}_ci_low"]], s[f"{col}_ci_low"].to_numpy()]) * 100,
+                            np.concatenate([[full[f"{col}_ci_high"]], s[f"{col}_ci_high"].to_numpy()]) * 100, alpha=0.12)
+        ax.set_xlabel("fraction dropped (%)")
+        ax.set_ylabel(f"{name} accuracy (%)")
+        ax.set_title(f"{name}: all kept = {full[col] * 100:.2f} %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    n_masks = int(frame[frame["kind"] == "random"].groupby(["aggregation", "drop_frac"]).size().min()) \
+        if (frame["kind"] == "random").any() else 0
+    fig.suptitle(f"{title} ({int(full['n_images'])} images; {n_masks} random masks per point, band = 95 % interval "
+                 "over images)".strip())
+    return save(fig, out)

@@ -20,12 +20,23 @@ mean of the features, which equals the mean of the patch logits because the head
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from bagnet_lib.errors import UserError
-from bagnet_lib.nets.weights import load_bagnet_imagenet, load_resnet50_imagenet
+from bagnet_lib.io import sha256_file
+from bagnet_lib.nets.weights import (
+    BAGNET_URLS,
+    RESNET50_URL,
+    fetch_checkpoint,
+    hash_prefix,
+    load_bagnet_imagenet,
+    load_into,
+    load_resnet50_imagenet,
+    load_state_dict_file,
+)
 
 LAYERS = (3, 4, 6, 3)
 MODEL_NAMES = ("resnet50", "bagnet9", "bagnet17", "bagnet33")
@@ -244,3 +255,56 @@ def _require_full_width(width: float, name: str) -> None:
     if width != 1.0:
         raise UserError(f"Pretrained {name} weights exist only for width 1.0 (got width={width}); "
                         "use pretrained=False or width=1.0.")
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where an ImageNet-study model's weights came from: the file, its SHA-256, whether it is the published
+    checkpoint (its hash checked against the published prefix), and the head's size."""
+
+    source: str
+    sha256: str
+    published: bool
+    num_classes: int
+    width: float
+
+
+def imagenet_model(name: str, weights: str | Path = "imagenet") -> tuple[PatchResNet, WeightsInfo]:
+    """`name` with its ImageNet head: the published checkpoint (`"imagenet"`: torch.hub cache, downloaded if
+    needed, SHA-256 checked), or a checkpoint file of the same architecture, whose class count and width are
+    read from it. A file whose name carries a torch.hub hash suffix (`…-2ddd53ed.pth.tar`, as the published
+    files do) is checked against that prefix and refused, with nothing loaded, on a mismatch.
+    """
+    if name not in MODEL_NAMES:
+        raise UserError(f"Unknown model {name!r}. Available: {', '.join(MODEL_NAMES)}.")
+    url = RESNET50_URL if name == "resnet50" else BAGNET_URLS[name]
+    if str(weights) == "imagenet":
+        path, published = fetch_checkpoint(url), True  # downloaded if needed, verified against the published prefix
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise UserError(f"Checkpoint file {path} does not exist. Pass the path of a downloaded copy of {url} "
+                            "(or of a checkpoint of your own), or --weights imagenet to use the torch.hub cache.")
+        prefix = hash_prefix(path.name)
+        prefix = prefix if prefix and len(prefix) >= 8 else None  # `run-2.pt` is not a hash
+        published = prefix is not None and prefix == hash_prefix(url)
+        if prefix is not None:
+            actual = sha256_file(path)
+            if not actual.startswith(prefix):
+                named = f" (the published {Path(url).name})" if published else ""
+                raise UserError(f"Checkpoint {path} has SHA-256 {actual[:16]}…, but its name says it must start with "
+                                f"{prefix}{named}. The file is corrupted or is not the checkpoint it is named after; "
+                                "nothing was loaded. Download it again, or name a checkpoint of your own without "
+                                "the -<hash> suffix.")
+    state = load_state_dict_file(path)
+    if "fc.weight" not in state or "conv1.weight" not in state:
+        raise UserError(f"Checkpoint {path} has no fc.weight or conv1.weight: it is not a ResNet-50 or BagNet "
+                        "state_dict. Pass the published checkpoint or one saved from this project's models.")
+    num_classes, stem = int(state["fc.weight"].shape[0]), int(state["conv1.weight"].shape[0])
+    width = stem / 64  # `_scaled` inverted: every layer's width is the stem's times a power of two
+    if name == "resnet50":
+        model = resnet50(num_classes=num_classes, width=width)
+    else:
+        model = bagnet(name, num_classes=num_classes, width=width)
+    load_into(model, state, path, name)
+    return model.eval(), WeightsInfo(str(path), sha256_file(path), published, num_classes, width)

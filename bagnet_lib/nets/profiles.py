@@ -35,7 +35,7 @@ class Profile:
     zero_init_residual: bool = False  # start each residual branch at zero (last BN weight = 0)
     drop_last: bool = True  # drop the last partial training batch of an epoch (the paper kept it)
     original_size: bool = False  # decode at the original resolution (the paper cropped the full images)
-    precision: str = "fp32"  # "bf16": autocast where the device computes bf16 fast (train.resolve_precision)
+    precision: str = "fp32"  # "bf16": autocast where the device computes bf16 fast (precision.resolve_precision)
     channels_last: bool = False  # NHWC memory layout for training (always on for CUDA)
     images_per_class: int | None = None  # subsample the split (smoke runs)
     eval_batch_size: int = 64

@@ -49,6 +49,7 @@ from bagnet_lib.faults import fault_point
 from bagnet_lib.io import atomic_write, remove_stale_temporaries
 from bagnet_lib.nets.distributed import World, all_sum, barrier, eval_block, gather_cat, trace_batch, world
 from bagnet_lib.nets.metrics import accuracy, cross_entropy
+from bagnet_lib.nets.precision import features_fp32, ieee_fp32, precision_scope, resolve_precision
 from bagnet_lib.nets.profiles import Profile
 from bagnet_lib.nets.weights import load_into, load_state_dict_file
 
@@ -65,40 +66,6 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# --------------------------------------------------------------------------- precision
-PRECISIONS = ("bf16", "fp32")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AVX-512 BF16 or AMX): there bf16 autocast roughly
-    doubles the training speed; elsewhere bf16 is emulated and slower than fp32."""
-    try:
-        return bool(torch._C._cpu._is_avx512_bf16_supported() or torch._C._cpu._is_amx_tile_supported())
-    except AttributeError:  # a torch without these probes: read the flags the kernel reports
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision a run really uses on `device`: "bf16" where it is fast there, else "fp32"."""
-    if precision not in PRECISIONS:
-        raise UserError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
-    if precision == "bf16":
-        if device.type == "cpu" and not cpu_has_fast_bf16():
-            return "fp32"
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return "fp32"
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    """`torch.autocast` to bf16 on `device` when `precision` is "bf16"; a no-op context for "fp32"."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def use_channels_last(model: nn.Module, device: torch.device, requested: bool) -> bool:
     """Whether to train `model` in the channels-last (NHWC) layout: always on CUDA; on CPU when `requested`,
     for ResNet-50 only.
@@ -112,17 +79,6 @@ def use_channels_last(model: nn.Module, device: torch.device, requested: bool) -
     if device.type == "cuda":
         return True
     return requested and not getattr(model, "is_bagnet", False)
-
-
-def features_fp32(model: nn.Module, x: Tensor, precision: str) -> Tensor:
-    """The last feature map of a normalised batch, computed in `precision`, returned in fp32.
-
-    Every evaluation (validation, test predictions, the logit cache, pixel blackout) goes through this
-    one function, so the full and the blacked-out cases are computed alike; the linear head then runs in
-    fp32 on these features.
-    """
-    with autocast(x.device, precision):
-        return model.features(x).float()
 
 
 @dataclass
@@ -242,7 +198,7 @@ def train_on_batch(model: nn.Module, optimizer: torch.optim.Optimizer, images: T
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = labels.to(device)
-    with autocast(device, precision):
+    with precision_scope(device, precision):
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     if not torch.isfinite(loss):
@@ -259,8 +215,16 @@ def train_model(model: nn.Module, train: ImageTensors, val: ImageTensors, profil
     """Train `model` on `train`, validating on `val` after each epoch; resumes from `out_dir`.
 
     The per-epoch history goes to `history_path` (default `out_dir/<name>_history.csv`). Under torchrun
-    every rank calls this with the same arguments (see the module docstring).
+    every rank calls this with the same arguments (see the module docstring). An fp32 run (the `paper`
+    profile) is IEEE fp32 throughout, TF32 off on CUDA (`precision.ieee_fp32`), backward passes included.
     """
+    with ieee_fp32(resolve_precision(profile.precision, select_device(device)) == "fp32"):
+        return _train(model, train, val, profile, out_dir, name, seed, device, progress, history_path)
+
+
+def _train(model: nn.Module, train: ImageTensors, val: ImageTensors, profile: Profile, out_dir: str | Path,
+           name: str, seed: int, device: str | torch.device | None, progress: bool,
+           history_path: str | Path | None) -> TrainResult:
     out_dir = Path(out_dir)
     w = world()
     check_world(profile, len(train), w)

@@ -64,7 +64,8 @@ def fetch_checkpoint(url: str, local_file: str | Path | None = None, check_hash:
                 raise UserError(
                     f"Could not download pretrained weights from {url} ({exc}). This machine may be "
                     f"offline. Download the file elsewhere and either put it at {path} or pass its "
-                    "path explicitly; or use a from-scratch profile (smoke, cpu, gpu)."
+                    "path explicitly (`imagenet --weights PATH`); the flowers course's from-scratch profiles "
+                    "(smoke, cpu, gpu) need no download."
                 ) from exc
     if expected:
         actual = sha256_file(path)
