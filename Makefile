@@ -25,8 +25,10 @@ MANIFEST_ABS = $(if $(MANIFEST),$(abspath $(MANIFEST)))
 # The paper's exact split when the shared flowers are used; override with MANIFEST= for a fresh split.
 MANIFEST   ?= $(if $(and $(DATA),$(filter $(abspath $(DATA)),$(abspath $(SHARED_DATA)))),$(wildcard $(SHARED_MANIFEST)),)
 PYTEST_ARGS ?=
+# the ImageNet validation folder (<wnid>/*.JPEG) of `make imagenet` (docs/imagenet.md)
+IMAGENET_VAL ?=
 
-.PHONY: help setup test test-fast lint test-browser reproduce seeds seeds-gather lab clean
+.PHONY: help setup test test-fast lint test-browser reproduce seeds seeds-gather imagenet lab clean
 
 help:
 	@echo "make test        create .venv, install, run ruff and import-linter (make lint), then pytest (all but the browser test)"
@@ -35,6 +37,7 @@ help:
 	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR), BAGNET=$(BAGNET))"
 	@echo "make seeds       after make reproduce: the course again with training seeds $(SEEDS) beside $(RUN_DIR), the seed table in its report (about 54 min a seed at the cpu profile on 2 cores; resumable)"
 	@echo "make seeds-gather  the seed table from $(RUN_DIR)-seedN directories run on other machines and copied here"
+	@echo "make imagenet    the blackout study on ImageNet validation with the published $(BAGNET) (IMAGENET_VAL=DIR; docs/imagenet.md)"
 	@echo "make lab         open JupyterLab in this environment"
 
 setup: $(STAMP)
@@ -81,6 +84,10 @@ seeds: $(STAMP)
 # Seeds run on other machines (make seeds SEEDS=2 there), their $(RUN_DIR)-seedN copied beside $(RUN_DIR): one table
 seeds-gather: $(STAMP)
 	$(PY) -m bagnet_lib seeds --run-dir $(RUN_DIR) --gather $(if $(filter-out smoke,$(PROFILE)),--publish)
+
+# The ImageNet study (docs/imagenet.md): the published weights, streaming, resumable (run it again after an interruption)
+imagenet: $(STAMP)
+	$(PY) -m bagnet_lib imagenet --val-dir "$(IMAGENET_VAL)" --model $(BAGNET)
 
 lab: $(STAMP)
 	@echo ">>> JupyterLab with BAGNET_DATA=$(DATA) BAGNET_MANIFEST=$(MANIFEST) (the same data and split as make reproduce)"

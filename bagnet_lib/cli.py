@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bagnet_lib.bench import BENCHMARKS
 from bagnet_lib.blackout.imagenet import StreamSettings
+from bagnet_lib.data.imagenet import DEFAULT_WORKERS
 from bagnet_lib.errors import UserError
 from bagnet_lib.nets.profiles import PROFILES
 
@@ -83,13 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper curve structured aggregations channel pixel (default: all)")
     _add_run_args(k)
     b = sub.add_parser("bench", help="benchmarks: sweep (cache vs recompute), sparse (compute only kept patches), train "
-                                     "(step speed), precision (bf16 vs fp32 accuracy), ddp (world size 2 against 1)")
+                                     "(step speed), precision (bf16 vs fp32 accuracy), ddp (world size 2 against 1), imagenet "
+                                     "(the streaming ImageNet pass: speed, sweep cost, memory against N)")
     b.add_argument("name", choices=BENCHMARKS)
     b.add_argument("--json", default=None, help="also write the result as JSON to this path")
     b.add_argument("--quick", action="store_true", help="a small version (under a minute), used by the tests")
     b.add_argument("--from-json", default=None, help="do not measure: read an earlier result from this JSON file")
+    b.add_argument("--device", choices=["cpu", "cuda"], default=None, help="imagenet: where the pass runs (default: CUDA "
+                                                                             "when there is a GPU)")
     b.add_argument("--readme", default=None,
-                   help="train, precision, ddp: rewrite the <!-- bench-NAME --> block (README or docs/ beside it) "
+                   help="train, precision, ddp, imagenet: rewrite the <!-- bench-NAME --> block (README or docs/ beside it) "
                         "from the result")
     u = sub.add_parser("tune", help="a tuning run: train with some profile fields replaced, record it in "
                                     "results/tuning/<profile>.json")
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="fp32 (TF32 off; the published numbers' precision) or bf16 (faster, with a warning)")
     i.add_argument("--batch-size", type=int, default=32)
-    i.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader decoding processes")
+    i.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="DataLoader processes decoding JPEGs")
     i.add_argument("--checkpoint-every", type=int, default=20, help="write the partial sums every N batches")
     i.add_argument("--subset", type=int, default=None, help="only N images spread evenly over the folder (a quick check)")
     i.add_argument("--device", choices=["cpu", "cuda"], default=None)
@@ -174,6 +178,10 @@ def _run(args: argparse.Namespace) -> int:
         bench = importlib.import_module(f"bagnet_lib.bench.{args.name}")
         if args.from_json:
             result = json.loads(Path(args.from_json).read_text())
+        elif args.device:
+            if args.name != "imagenet":
+                raise UserError(f"--device is for `bench imagenet` (`bench {args.name}` picks its own devices).")
+            result = bench.run(quick=args.quick, device=args.device)
         else:
             result = bench.run(quick=args.quick)
         print(bench.format_table(result))
@@ -184,8 +192,8 @@ def _run(args: argparse.Namespace) -> int:
                 bench.plot_sparse(result, Path(args.json).with_suffix(".png"))
                 print(f"figure written to {Path(args.json).with_suffix('.png')}")
         if args.readme:
-            if args.name not in ("train", "precision", "ddp"):
-                raise UserError(f"--readme is for `bench train`, `bench precision` and `bench ddp` (`bench {args.name}` "
+            if args.name not in ("train", "precision", "ddp", "imagenet"):
+                raise UserError(f"--readme is for `bench train`, `bench precision`, `bench ddp` and `bench imagenet` (`bench {args.name}` "
                                 "has no README block).")
             _rewrite_block(Path(args.readme), f"bench-{args.name}", bench.format_table(result))
         return 0

@@ -7,13 +7,14 @@ k-th call with that name (k = 1 when `#k` is left out) send SIGKILL to its own p
 `"<name>#<k>@<rank>"` arms it in that rank only (the environment's RANK), so one process of a distributed job
 dies and the others do not. Nothing else changes: with BAGNET_FAULT unset a fault point is one dictionary look-up.
 
-The named points (see `train.train_model` and `io.atomic_write`):
+The named points (see `train.train_model`, `blackout.imagenet.stream_blackout` and `io.atomic_write`):
 
 - `after_batch` — after an optimizer step (the k-th step of this process);
 - `mid_write:<file name>` — while `<file name>` is being written atomically: its temporary file holds
   only the first half of the bytes, and the target has not been replaced;
 - `after_best`, `after_last`, `after_epoch` — after an epoch's best checkpoint, its training
-  checkpoint (`<name>_last.pt`) and its history row (`<name>_history.csv`) reached the disk.
+  checkpoint (`<name>_last.pt`) and its history row (`<name>_history.csv`) reached the disk;
+- `stream_batch` — after a batch of the streaming ImageNet pass (and its partial sums, when due).
 """
 from __future__ import annotations
 

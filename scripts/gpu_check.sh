@@ -2,7 +2,8 @@
 # The GPU check of docs/distributed.md: for each network, a few hundred DistributedDataParallel training steps in
 # the `gpu` profile (width 1.0, 224 px, bf16, channels-last) under torchrun --nproc_per_node=1 (NCCL on CUDA),
 # global images/s, then one sharded evaluation. One BENCH_DDP {json} line per network; about 3 minutes per
-# network on one H200 (8 minutes in all, with a limit of 4 minutes per network).
+# network on one H200 (8 minutes in all, with a limit of 4 minutes per network). On CUDA it then runs
+# `bench imagenet` (docs/imagenet.md: the streaming ImageNet pass, fp32 with TF32 off, 64 and 512 fake images).
 #
 #   scripts/gpu_check.sh                          # on a GPU machine: NCCL, 300 steps of each network
 #   scripts/gpu_check.sh --device cpu --profile smoke --steps 2   # the same path on a CPU (gloo): the test
@@ -35,3 +36,7 @@ for model in resnet50 bagnet33; do
   timeout "$LIMIT" "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" \
     -m bagnet_lib.bench.ddp --model "$model" --profile "$PROFILE" --steps "$STEPS" --device "$DEVICE"
 done
+if [ "$DEVICE" = cuda ]; then
+  echo "[gpu_check] bench imagenet on cuda" >&2
+  timeout 300 "$PY" -m bagnet_lib bench imagenet --device cuda --json "${OUT:-.}/bench_imagenet_cuda.json"
+fi

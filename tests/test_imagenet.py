@@ -264,3 +264,48 @@ def test_bf16_stays_available_with_a_warning_that_names_the_published_figures(va
         s = imagenet_study(val, weights=weights, out=tmp_path / "o", settings=StreamSettings(seeds=1), workers=0,
                            precision="bf16", progress=False)
     assert s["precision"] == "bf16" and s["tf32"] == "autocast"
+
+
+# --------------------------------------------------------------------------- notebook 06
+@pytest.mark.timeout(900)
+def test_notebook_06_runs_on_a_fake_folder_and_says_what_to_do_without_one(val, weights, tmp_path, monkeypatch):
+    from bagnet_lib.course.record import read_records
+    from bagnet_lib.course.runner import OPTIONAL_NOTEBOOKS, run_notebook
+
+    name = OPTIONAL_NOTEBOOKS[0]
+    monkeypatch.delenv("IMAGENET_VAL", raising=False)
+    run_notebook(name, tmp_path / "none", {"RUN_DIR": str(tmp_path / "none")})
+    assert read_records(tmp_path / "none" / "notebooks" / name) == {"ready": False}
+    text = (tmp_path / "none" / "notebooks" / name).read_text()
+    assert "No ImageNet validation folder" in text and "valprep.sh" in text and "Traceback" not in text
+    assert not (tmp_path / "none" / "bagnet33").exists()
+
+    monkeypatch.setenv("IMAGENET_VAL", str(val))  # the notebook reads the variable when DATA_DIR is not given
+    run_notebook(name, tmp_path / "fake", {"RUN_DIR": str(tmp_path / "fake"), "WEIGHTS": str(weights), "SEEDS": 2,
+                                           "WORKERS": 0, "PIXEL": [0.5], "BATCH_SIZE": 4})
+    rec = read_records(tmp_path / "fake" / "notebooks" / name)
+    assert rec["ready"] and rec["n_images"] == CLASSES * PER_CLASS and rec["n_unreadable"] == 1
+    assert not rec["anchors_apply"]
+    summary = pd.read_json(tmp_path / "fake" / "bagnet33" / "summary.json", typ="series")
+    assert summary["full"]["top1"]["value"] == pytest.approx(rec["top1"])
+    assert (tmp_path / "fake" / "bagnet33" / "drop_curve.png").is_file()
+
+
+# --------------------------------------------------------------------------- bench imagenet
+@pytest.mark.timeout(600)
+def test_bench_imagenet_quick_measures_each_pass_in_its_own_process(tmp_path):
+    from bagnet_lib.bench import imagenet as bench
+
+    out = tmp_path / "imagenet.json"
+    proc = subprocess.run([sys.executable, "-m", "bagnet_lib", "bench", "imagenet", "--quick", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = pd.read_json(out, typ="series")
+    assert r["benchmark"] == "imagenet" and r["quick"] and list(r["passes"]) == ["64", "128"]
+    for n, p in r["passes"].items():
+        assert p["images"] == int(n) and p["batches"] == -(-int(n) // 32) and p["precision"] == "fp32"
+        assert 0 < p["sweep_s"] and 0 < p["forward_s"] and p["peak_rss_mb"] > 100 and p["width"] == 0.125
+    assert r["configurations"] == {"patch": 52, "channel": 26, "pixel": 0}  # StreamSettings()'s default set
+    table = bench.format_table(r.to_dict())
+    assert "| 64 |" in table and "| 128 |" in table and "the peak RSS (median) changes by" in table
+    assert cli.main(["bench", "sweep", "--device", "cuda"]) == 2

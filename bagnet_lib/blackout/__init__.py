@@ -5,5 +5,5 @@ split's patch logits once and evaluates any number of masks on the cache with `s
 runs batch by batch, for datasets whose patch logits do not fit in memory); `channels` is what the paper's code
 did (feature channels zeroed), `pixels` removes image tiles before the network; `sparse` computes only the
 kept windows and `frontier` prices every way of spending less; `study` is the course's set of experiments
-over a run directory. Imports `nets` and `data`, never the figures, the write-up or the course.
+over a run directory, `imagenet` the same readings as one streaming pass over an image folder (notebook 06). Imports `nets` and `data`, never the figures, the write-up or the course.
 """

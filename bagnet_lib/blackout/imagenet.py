@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -40,7 +40,7 @@ from bagnet_lib.blackout.masks import MASK_KINDS
 from bagnet_lib.blackout.masks import random as random_mask
 from bagnet_lib.blackout.pixels import pixel_blackout
 from bagnet_lib.blackout.stream import StreamingSweep, SweepSums, sweep_configs
-from bagnet_lib.data.imagenet import CROP, collate
+from bagnet_lib.data.imagenet import CROP, DEFAULT_WORKERS, collate
 from bagnet_lib.data.tensors import image_generator, normalize
 from bagnet_lib.errors import UserError
 from bagnet_lib.faults import fault_point
@@ -86,7 +86,8 @@ class StreamSettings:
 @dataclass
 class StreamResult:
     """One row per configuration (`full`, patch, channel, pixel), the images counted, the unreadable files,
-    and where this rank's time went (seconds of forward passes, of the patch and channel sweeps, of pixel passes)."""
+    and where this rank's time went in this call (seconds of forward passes, of the patch and channel sweeps,
+    of pixel passes, and of the whole pass, decoding included); `batches` is how many this call evaluated."""
 
     frame: pd.DataFrame
     n_images: int
@@ -161,10 +162,12 @@ def _resume(path: Path, fingerprint: dict, engines: _Engines) -> tuple[int, list
 
 @torch.no_grad()
 def stream_blackout(model: nn.Module, dataset: Dataset, settings: StreamSettings, partial_dir: str | Path,
-                    fingerprint: dict, *, batch_size: int = 32, workers: int = 4, precision: str = "fp32",
-                    every: int = 20, progress: bool = True, label: str = "") -> StreamResult:
+                    fingerprint: dict, *, batch_size: int = 32, workers: int = DEFAULT_WORKERS, precision: str = "fp32",
+                    every: int = 20, progress: bool = True, label: str = "",
+                    on_batch: Callable[[int], None] | None = None) -> StreamResult:
     """Evaluate every configuration of `settings` on `dataset` (items as `data.imagenet.ValFolder`'s) in one
-    pass; resumes from `partial_dir`. Under torchrun every rank calls it alike and gets the total."""
+    pass; resumes from `partial_dir`. Under torchrun every rank calls it alike and gets the total.
+    `on_batch(batches_done)` is called after each batch (`bench imagenet` reads the resident memory there)."""
     w = world()
     device = next(model.parameters()).device
     model.eval()
@@ -178,7 +181,8 @@ def stream_blackout(model: nn.Module, dataset: Dataset, settings: StreamSettings
         total = math.ceil((stop - start) / batch_size)
         loader = DataLoader(Subset(dataset, range(first, stop)), batch_size=batch_size, shuffle=False,
                             num_workers=workers, collate_fn=collate)
-        seconds = {"forward": 0.0, "sweep": 0.0, "pixel": 0.0}
+        seconds = {"forward": 0.0, "sweep": 0.0, "pixel": 0.0, "wall": 0.0}
+        t_start = time.perf_counter()
         bar = tqdm(loader, total=total, initial=done, desc=f"blackout {label}".strip(), disable=not (progress and w.main))
         batch_no = done
         for batch in bar:
@@ -191,8 +195,11 @@ def stream_blackout(model: nn.Module, dataset: Dataset, settings: StreamSettings
                          "engines": engines.state_dict()}
                 atomic_write(path, lambda p: torch.save(state, p))
             fault_point("stream_batch")
+            if on_batch is not None:
+                on_batch(batch_no)
             n, top1 = engines.full.sums[0, 0].item(), engines.full.sums[0, 1].item()
             bar.set_postfix(top1=f"{top1 / max(n, 1):.3f}", unreadable=len(unreadable))
+        seconds["wall"] = time.perf_counter() - t_start
     for _, e in engines.items():
         e.all_reduce()
     unreadable = gather_parts(unreadable)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -22,11 +23,11 @@ from torchvision.models import ResNet50_Weights
 
 from bagnet_lib.blackout.imagenet import StreamResult, StreamSettings, configuration_count, stream_blackout
 from bagnet_lib.blackout.sweep import PAPER_SETTINGS
-from bagnet_lib.data.imagenet import CROP, RESIZE, ValFolder, spread_subset
+from bagnet_lib.data.imagenet import CROP, DEFAULT_WORKERS, RESIZE, ValFolder, spread_subset
 from bagnet_lib.errors import UserError
 from bagnet_lib.figures.plots import plot_imagenet_drop
 from bagnet_lib.io import atomic_write, display_path, write_json
-from bagnet_lib.nets.distributed import world
+from bagnet_lib.nets.distributed import main_first, world
 from bagnet_lib.nets.models import WeightsInfo, imagenet_model, model_label
 from bagnet_lib.nets.precision import BAGNETSV2_TOP1, BAGNETSV2_URL, resolve_precision, warn_reduced_precision
 from bagnet_lib.nets.train import select_device
@@ -103,11 +104,12 @@ def paper_settings_table(frame: pd.DataFrame) -> list[dict]:
 
 def imagenet_study(val_dir: str | Path, model_name: str = "bagnet33", weights: str | Path = "imagenet",
                    out: str | Path = "runs/imagenet", settings: StreamSettings = StreamSettings(),
-                   batch_size: int = 32, workers: int = 4, precision: str = "fp32", every: int = 20,
-                   subset: int | None = None, device: str | None = None, progress: bool = True) -> dict:
+                   batch_size: int = 32, workers: int = DEFAULT_WORKERS, precision: str = "fp32", every: int = 20,
+                   subset: int | None = None, device: str | None = None, progress: bool = True,
+                   on_batch: Callable[[int], None] | None = None) -> dict:
     """Run (or resume) the study; rank 0 writes the outputs. Returns the summary (every rank)."""
     folder = ValFolder(val_dir)  # the layout is checked before anything else is done
-    model, info = imagenet_model(model_name, weights)
+    model, info = main_first(lambda: imagenet_model(model_name, weights))  # rank 0 downloads, the others read it
     if len(folder.classes) != info.num_classes:
         raise UserError(f"{val_dir} has {len(folder.classes)} class folders, but the weights' head ({display_path(info.source)}) "
                         f"has {info.num_classes} outputs. The published weights need all 1,000 ImageNet synsets; a "
@@ -126,7 +128,7 @@ def imagenet_study(val_dir: str | Path, model_name: str = "bagnet33", weights: s
     w = world()
     result = stream_blackout(model, dataset, settings, out_dir / "partial", fingerprint, batch_size=batch_size,
                              workers=workers, precision=precision, every=every, progress=progress,
-                             label=f"{model_label(model_name)} on {len(dataset)} images")
+                             label=f"{model_label(model_name)} on {len(dataset)} images", on_batch=on_batch)
     summary = _summary(model_name, model, info, folder, result, settings, precision, dev, batch_size, subset,
                        val_dir)
     if w.main:
@@ -161,6 +163,7 @@ def _summary(model_name: str, model, info: WeightsInfo, folder: ValFolder, resul
         "anchors": anchor_table(model_name, full, info, precision),
         "anchors_apply": bool(info.published and precision == "fp32" and subset is None and not result.unreadable),
         "paper_settings": paper_settings_table(frame),
+        "timing_rank0": {"batches_this_call": result.batches, **{f"{k}_s": v for k, v in result.seconds.items()}},
         "what_this_tests": (
             f"Patch blackout drops {reading} before averaging them (one mask shared by all images, as in the "
             "paper; `mean` leaves dropped patches out of the average, `zero` counts them as zeros); channel "

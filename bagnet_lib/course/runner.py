@@ -33,6 +33,7 @@ REPO = PROJECT_ROOT
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = ("01_data_exploration.ipynb", "02_train_resnet50.ipynb", "03_train_bagnet.ipynb",
              "04_blackout_experiments.ipynb", "05_writeup.ipynb")
+OPTIONAL_NOTEBOOKS = ("06_imagenet_blackout.ipynb",)  # runs only where there is ImageNet; not in the course
 
 
 class NotebookFailed(UserError):

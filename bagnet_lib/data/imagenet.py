@@ -13,6 +13,7 @@ batch names it (`Batch.unreadable`) so the run can count and report it.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from bagnet_lib.errors import UserError
 
 RESIZE, CROP = 256, 224  # the standard ImageNet evaluation: shorter side to 256, centre 224×224
 WNID = re.compile(r"n\d{8}")  # a WordNet synset id, the name of each ImageNet class folder
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)  # DataLoader processes decoding JPEGs
 VALPREP_URL = "https://github.com/soumith/imagenetloader.torch/blob/master/valprep.sh"
 
 
