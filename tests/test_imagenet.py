@@ -224,6 +224,8 @@ def test_the_command_line_says_each_error_in_one_paragraph(val, weights, tmp_pat
     assert "No ImageNet validation folder" in capsys.readouterr().err
     assert cli.main(["imagenet", "--val-dir", str(val), "--weights", str(weights), "--drop-fracs", "1.0"]) == 2
     assert "Drop fractions must lie in [0, 1)" in capsys.readouterr().err
+    assert cli.main(["imagenet", "--val-dir", str(val), "--weights", str(weights), "--batch-size", "0"]) == 2
+    assert "The batch size must be at least 1 (got 0)" in capsys.readouterr().err
     assert cli.main(["imagenet", "--val-dir", str(val.parent), "--weights", str(weights)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and "WordNet id" in err

@@ -108,6 +108,9 @@ def imagenet_study(val_dir: str | Path, model_name: str = "bagnet33", weights: s
                    subset: int | None = None, device: str | None = None, progress: bool = True,
                    on_batch: Callable[[int], None] | None = None) -> dict:
     """Run (or resume) the study; rank 0 writes the outputs. Returns the summary (every rank)."""
+    for name, value, least in (("batch size", batch_size, 1), ("checkpoint interval", every, 1), ("workers", workers, 0)):
+        if value < least:
+            raise UserError(f"The {name} must be at least {least} (got {value}).")
     folder = ValFolder(val_dir)  # the layout is checked before anything else is done
     model, info = main_first(lambda: imagenet_model(model_name, weights))  # rank 0 downloads, the others read it
     if len(folder.classes) != info.num_classes:
