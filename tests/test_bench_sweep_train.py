@@ -107,9 +107,18 @@ def test_train_quick_structure(train_result):
     assert all(_positive_finite(r["peak_gflops"][p]) for p in ("fp32", "bf16"))
     expected_precision = bench_train.resolve_precision("bf16", torch.device("cpu"))
     for name, m in r["models"].items():
-        assert m["settings"] == {"precision": expected_precision, "channels_last": name == "resnet50"}
+        bagnet = name == "bagnet33"
+        assert {k: m["settings"][k] for k in ("precision", "channels_last", "compile")} == {
+            "precision": expected_precision, "channels_last": True, "compile": bagnet}
         assert m["fp32_nchw"]["precision"] == "fp32" and not m["fp32_nchw"]["channels_last"]
-        for key in ("fp32_nchw", "profile"):
+        assert m["today"]["precision"] == expected_precision and m["today"]["channels_last"] == (not bagnet)
+        assert not m["today"]["compile"] and m["profile"]["compile"] == bagnet
+        if bagnet:  # compiled for real (a toolchain is here), once, outside the timed steps
+            assert m["settings"]["compile_fallback"] is None and _positive_finite(m["compile_s"])
+        else:
+            assert m["compile_s"] is None
+        assert m["speedup_vs_today"] == pytest.approx(m["profile"]["images_per_s"] / m["today"]["images_per_s"])
+        for key in ("fp32_nchw", "today", "profile"):
             a = m[key]
             for k in ("images_per_s", "gflops", "peak_gflops", "fraction_of_peak", "seconds"):
                 assert _positive_finite(a[k]), (name, key, k)
@@ -120,7 +129,8 @@ def test_train_quick_structure(train_result):
         assert m["speedup"] == pytest.approx(m["profile"]["images_per_s"] / m["fp32_nchw"]["images_per_s"])
     json.dumps(r)
     table = bench_train.format_table(r)
-    assert "| resnet50 | fp32, NCHW | " in table and "(the profile)" in table and "GFLOP/s bf16" in table
+    assert "| resnet50 | fp32, NCHW, eager | " in table and "(today)" in table and "GFLOP/s bf16" in table
+    assert "| bagnet33 | bf16, channels-last, torch.compile (the profile); compiled in " in table
 
 
 @pytest.mark.slow
@@ -141,12 +151,13 @@ def test_matmul_peak_helper_measures_each_precision(one_thread):
 def test_readme_block_is_rewritten_from_the_json(tmp_path):
     from bagnet_lib.cli import main
 
-    arm = lambda prec, cl, ips: {"precision": prec, "channels_last": cl, "images_per_s": ips,  # noqa: E731
-                                 "data_wait_fraction": 0.02, "gflops": 50.0, "fraction_of_peak": 0.25}
+    arm = lambda prec, cl, ips, comp=False: {"precision": prec, "channels_last": cl, "compile": comp,  # noqa: E731
+                                             "images_per_s": ips, "data_wait_fraction": 0.02, "gflops": 50.0,
+                                             "fraction_of_peak": 0.25}
     result = {"benchmark": "train", "quick": False, "data": "real", "image_size": 112, "width": 0.25,
               "batch_size": 32, "torch_threads": 2, "peak_gflops": {"fp32": 150.0, "bf16": 400.0},
-              "models": {"resnet50": {"fp32_nchw": arm("fp32", False, 140.0), "profile": arm("bf16", True, 350.0),
-                                      "speedup": 2.5}}}
+              "models": {"resnet50": {"fp32_nchw": arm("fp32", False, 140.0), "today": arm("bf16", True, 280.0),
+                                      "profile": arm("bf16", True, 350.0, True), "compile_s": 61.4}}}
     js = tmp_path / "train.json"
     js.write_text(json.dumps(result))
     readme = tmp_path / "README.md"
@@ -154,7 +165,9 @@ def test_readme_block_is_rewritten_from_the_json(tmp_path):
     assert main(["bench", "train", "--from-json", str(js), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old" not in text and text.endswith("rest\n")
-    assert "| resnet50 | bf16, channels-last (the profile) | 350 | **2.50×** | 50 | 25 % | 2.0 % |" in text
+    assert ("| resnet50 | bf16, channels-last, torch.compile (the profile); compiled in 61 s | 350 | 2.50× | **1.25×** "
+            "| 50 | 25 % | 2.0 % |") in text
+    assert "| resnet50 | bf16, channels-last, eager (today) | 280 | 2.00× | 1.00× |" in text
 
 
 # --------------------------------------------------------------------------- precision

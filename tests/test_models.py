@@ -116,3 +116,88 @@ def test_zero_init_residual_makes_every_block_start_as_its_shortcut():
     torch.testing.assert_close(block(x), torch.relu(x))
     default = build_model("bagnet33", 5, width=0.125)
     assert all(torch.all(b.bn3.weight == 1) for b in default.modules() if type(b).__name__ == "Bottleneck")
+
+
+def _plain_strided_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with every SubsampledConv2d replaced by the plain strided nn.Conv2d it stands for (same weights)."""
+    import copy
+
+    from bagnet_lib.nets.models import SubsampledConv2d
+
+    plain = copy.deepcopy(model)
+    for parent in list(plain.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, SubsampledConv2d):
+                conv = torch.nn.Conv2d(child.in_channels, child.out_channels, 1, stride=child.stride, bias=False)
+                conv.weight = child.weight
+                setattr(parent, child_name, conv)
+    return plain
+
+
+@pytest.mark.parametrize("size", [(9, 9), (10, 7)])
+def test_a_subsampled_conv_is_the_strided_1x1_conv(size):
+    """Every other pixel, then a stride-1 1×1 conv: the same outputs and the same weight gradient."""
+    from bagnet_lib.nets.models import SubsampledConv2d
+
+    torch.manual_seed(0)
+    conv = SubsampledConv2d(8, 16, stride=2)
+    x = torch.randn(3, 8, *size)
+    ours = conv(x)
+    ours.square().sum().backward()
+    w = conv.weight.detach().clone().requires_grad_()
+    ref = torch.nn.functional.conv2d(x, w, stride=2)
+    ref.square().sum().backward()
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, w.grad, rtol=1e-4, atol=1e-4)
+    assert list(conv.state_dict()) == ["weight"]
+
+
+@pytest.mark.parametrize("name", BAGNETS + ("resnet50",))
+def test_the_shortcut_rewrite_changes_no_output_and_no_key(name):
+    """Each strided 1×1 conv (BagNet shortcuts; BagNet-9/17's 1×1 conv2 in their last stages) is rewritten;
+    swapping the plain strided conv back in gives the same state_dict and, channels-last too, the same logits."""
+    from bagnet_lib.nets.models import SubsampledConv2d
+
+    torch.manual_seed(0)
+    model = build_model(name, 5, width=0.125).eval()
+    strided = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
+               and m.stride != (1, 1)]
+    assert strided and all(isinstance(m, SubsampledConv2d) for m in strided)
+    plain = _plain_strided_copy(model)
+    assert [(k, v.shape) for k, v in plain.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
+    x = torch.randn(2, 3, 75, 69)  # odd sizes: the crashing case of oneDNN #6035 had an odd-sized output
+    with torch.no_grad():
+        ref = plain(x)
+        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-4)
+        cl = model.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(cl(x.contiguous(memory_format=torch.channels_last)), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_narrow_bagnets_train_channels_last_without_the_onednn_crash():
+    """oneDNN #6035: the weight gradient of a strided 1×1 conv on channels-last input with few input channels
+    corrupted the heap. The rewritten conv and a channels-last bf16 step of every narrow BagNet, in a child
+    process so that a crash fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch, torch.nn.functional as F
+        from bagnet_lib.nets.models import SubsampledConv2d, build_model
+        cl = torch.channels_last
+        conv = SubsampledConv2d(8, 32, stride=2).to(memory_format=cl)
+        for _ in range(5):  # the case that crashed every time as F.conv2d(x, w, stride=2)
+            conv(torch.randn(3, 8, 46, 46).contiguous(memory_format=cl)).sum().backward()
+        for name in ("bagnet9", "bagnet17", "bagnet33"):
+            torch.manual_seed(0)
+            m = build_model(name, 5, width=0.125).to(memory_format=cl).train()
+            x = torch.randn(4, 3, 69, 69).contiguous(memory_format=cl)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = m(x)
+            F.cross_entropy(out.float(), torch.arange(4) % 5).backward()
+            assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])

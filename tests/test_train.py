@@ -130,22 +130,95 @@ def test_precision_resolves_to_what_the_device_can_do(monkeypatch):
         precision_mod.resolve_precision("fp16", cpu)
 
 
-def test_channels_last_only_where_it_is_safe_and_faster():
+def test_channels_last_where_requested_and_compile_where_it_pays():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert train_mod.use_channels_last(_model("resnet50"), cpu, True)
-    assert not train_mod.use_channels_last(_model("resnet50"), cpu, False)
-    assert not train_mod.use_channels_last(_model("bagnet33"), cpu, True)  # oneDNN crash, no gain (docstring)
-    assert train_mod.use_channels_last(_model("bagnet33"), cuda, False)
+    for name in ("resnet50", "bagnet33"):  # BagNets too, since the shortcut rewrite (test_models.py)
+        assert train_mod.use_channels_last(_model(name), cpu, True)
+        assert not train_mod.use_channels_last(_model(name), cpu, False)
+        assert train_mod.use_channels_last(_model(name), cuda, False)
+    assert train_mod.use_compile(_model("bagnet33"), cpu, True)
+    assert not train_mod.use_compile(_model("resnet50"), cpu, True)  # ~1.02x on this CPU (docstring)
+    assert train_mod.use_compile(_model("resnet50"), cuda, True)
+    assert not train_mod.use_compile(_model("bagnet33"), cpu, False)
 
 
-def test_training_keeps_bagnets_in_nchw_and_resnet_in_channels_last(data, tmp_path):
+def test_training_runs_channels_last_when_the_profile_asks(data, tmp_path):
     train, val = data
-    for name in ("bagnet33", "resnet50"):
+    for name, channels_last in (("bagnet33", True), ("resnet50", True), ("bagnet33", False)):
         model = _model(name)
-        train_model(model, train, val, _profile(epochs=1, channels_last=True, precision="bf16"), tmp_path, name,
-                    progress=False)
+        train_model(model, train, val, _profile(epochs=1, channels_last=channels_last, precision="bf16"),
+                    tmp_path / f"{name}{channels_last}", name, progress=False)
         w = model.layer1[0].conv2.weight  # 3×3: its strides tell the layout (a 1×1 kernel's would not)
-        assert w.is_contiguous(memory_format=torch.channels_last) == (name == "resnet50"), name
+        assert w.is_contiguous(memory_format=torch.channels_last) == channels_last, name
+
+
+@pytest.mark.slow
+def test_a_compiled_run_is_reproducible_and_resumes_to_identical_weights(data, tmp_path, monkeypatch):
+    """torch.compile'd BagNet step: same seed, same weights; killed in epoch 2 and resumed (compiling again), the
+    same weights as the uninterrupted compiled run; and really compiled, not fallen back."""
+    train, val = data
+    profile = _profile(epochs=2, precision="bf16", channels_last=True, compile=True)
+    runs = {}
+    for run in ("a", "b"):
+        model = _model()
+        result = train_model(model, train, val, profile, tmp_path / run, "bag", seed=3, progress=False)
+        assert result.compile_fallback is None and result.compile_s is not None
+        runs[run] = model.state_dict()
+    real = train_mod.train_batches
+
+    def dies_in_epoch_2(*args, **kw):
+        for i, batch in enumerate(real(*args, **kw)):
+            if kw.get("epoch", args[4] if len(args) > 4 else None) == 1 and i == 1:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(train_mod, "train_batches", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_model(), train, val, profile, tmp_path / "c", "bag", seed=3, progress=False)
+    monkeypatch.setattr(train_mod, "train_batches", real)
+    resumed = _model()
+    assert train_model(resumed, train, val, profile, tmp_path / "c", "bag", seed=3, progress=False).resumed_from_epoch == 1
+    for k, a in runs["a"].items():
+        assert torch.equal(a, runs["b"][k]), k
+        assert torch.equal(a, resumed.state_dict()[k]), k
+
+
+@pytest.mark.timeout(600)
+def test_without_a_compiler_training_falls_back_to_eager_and_says_so_once(tmp_path, synthetic_root):
+    """No C++ compiler (CXX=/bin/false, an empty inductor cache): one line says so, training runs eagerly and ends
+    with exactly the weights of an eager run."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import torch
+        from bagnet_lib.data.split import make_split
+        from bagnet_lib.data.tensors import load_split_tensors
+        from bagnet_lib.nets.models import build_model
+        from bagnet_lib.nets.profiles import get_profile
+        from bagnet_lib.nets.train import train_model
+        root = {str(synthetic_root)!r}
+        df = make_split(root, seed=0)
+        classes = sorted(df["label"].unique())
+        train, val = (load_split_tensors(root, df, s, classes, {SIZE}, progress=False) for s in ("train", "val"))
+        states = []
+        for compile in (True, False):
+            torch.manual_seed(0)
+            model = build_model("bagnet33", 5, width=0.125)
+            profile = get_profile("smoke", image_size={SIZE}, width=0.125, epochs=2, batch_size=8, compile=compile)
+            result = train_model(model, train, val, profile, {str(tmp_path)!r} + f"/{{compile}}", "bag", progress=False)
+            assert (result.compile_fallback is not None) == compile and result.compile_s is None
+            states.append(model.state_dict())
+        assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+        print("ok")
+    """)
+    env = {**os.environ, "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=540, env=env)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.stdout[-2000:], done.stderr[-3000:])
+    said = [line for line in done.stdout.splitlines() if "torch.compile is not available here" in line]
+    assert len(said) == 1, done.stdout
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bagnet_lib.errors import UserError
@@ -66,6 +67,32 @@ class PatchGeometry:
         return ((height - self.size) // self.stride + 1, (width - self.size) // self.stride + 1)
 
 
+class SubsampledConv2d(nn.Conv2d):
+    """A 1×1 convolution with stride s, computed as "take every s-th pixel, then a stride-1 1×1 convolution".
+
+    The two are the same function with the same weights (a 1×1 kernel at stride s reads exactly the pixels
+    (s·i, s·j)), and this module's parameters and state_dict are `nn.Conv2d`'s. It exists for speed and
+    safety on CPU: oneDNN's weight gradient of a *strided* 1×1 convolution on a channels-last input with few
+    input channels writes outside its scratchpad (uxlfoundation/oneDNN issue #6035; here a segfault or
+    "double free" in a narrow BagNet's downsampling shortcut), while the stride-1 one is sound. With it,
+    BagNets train channels-last on CPU too.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, bias: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size=1, stride=stride, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.stride
+        return F.conv2d(x[..., ::s[0], ::s[1]], self.weight, self.bias)
+
+
+def pointwise_conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """A bias-free 1×1 convolution; a strided one is a `SubsampledConv2d` (same parameters, same output)."""
+    if stride == 1:
+        return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+    return SubsampledConv2d(in_channels, out_channels, stride)
+
+
 class Bottleneck(nn.Module):
     """1×1 → k×k (stride here, as in torchvision v1.5 and BagNets) → 1×1, plus the shortcut.
 
@@ -78,12 +105,12 @@ class Bottleneck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, kernel_size: int = 3,
                  padding: int = 1, downsample: nn.Module | None = None, bn_momentum: float = 0.1):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
+        self.conv1 = pointwise_conv(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes, momentum=bn_momentum)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=kernel_size, stride=stride,
-                               padding=padding, bias=False)
+        self.conv2 = (pointwise_conv(planes, planes, stride) if kernel_size == 1 else
+                      nn.Conv2d(planes, planes, kernel_size=kernel_size, stride=stride, padding=padding, bias=False))
         self.bn2 = nn.BatchNorm2d(planes, momentum=bn_momentum)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, kernel_size=1, bias=False)
+        self.conv3 = pointwise_conv(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion, momentum=bn_momentum)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -136,7 +163,7 @@ class PatchResNet(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, kernel_size=1, stride=stride, bias=False),
+                pointwise_conv(self.inplanes, planes * Bottleneck.expansion, stride),
                 nn.BatchNorm2d(planes * Bottleneck.expansion, momentum=self._bn_momentum))
         layers = []
         for i in range(blocks):

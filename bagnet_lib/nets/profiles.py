@@ -37,6 +37,7 @@ class Profile:
     original_size: bool = False  # decode at the original resolution (the paper cropped the full images)
     precision: str = "fp32"  # "bf16": autocast where the device computes bf16 fast (precision.resolve_precision)
     channels_last: bool = False  # NHWC memory layout for training (always on for CUDA)
+    compile: bool = False  # torch.compile the training forward and backward where it pays (train.use_compile)
     images_per_class: int | None = None  # subsample the split (smoke runs)
     eval_batch_size: int = 64
     n_seeds: int = 30  # random masks per blackout setting
@@ -69,7 +70,7 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile("cpu", image_size=160, train_size=128, width=0.25, epochs=45, bagnet_epochs=40, batch_size=32,
                    optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine", warmup_epochs=1,
                    label_smoothing=0.1, crop_scale_min=0.35, zero_init_residual=True, n_seeds=30, curve_masks=100,
-                   pixel_seeds=3, precision="bf16", channels_last=True),
+                   pixel_seeds=3, precision="bf16", channels_last=True, compile=True),
     "gpu": Profile("gpu", image_size=224, width=1.0, epochs=60, batch_size=64, optimizer="sgd", lr=0.1,
                    weight_decay=5e-4, schedule="cosine", warmup_epochs=2, label_smoothing=0.1,
                    eval_batch_size=128, n_seeds=100, curve_masks=200, pixel_seeds=10, precision="bf16",

@@ -67,18 +67,55 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def use_channels_last(model: nn.Module, device: torch.device, requested: bool) -> bool:
-    """Whether to train `model` in the channels-last (NHWC) layout: always on CUDA; on CPU when `requested`,
-    for ResNet-50 only.
+    """Whether to train `model` in the channels-last (NHWC) layout: always on CUDA, on CPU when `requested`.
 
-    On this project's CPU (torch 2.14.1, oneDNN 3.12) channels-last makes ResNet-50's bf16 step ~1.3x faster
-    and BagNet-33's no faster, and it corrupts the heap in the weight gradient of a 1x1 stride-2 convolution
-    with few input channels on an odd-sized output, exactly a narrow BagNet's downsampling shortcut:
-    `F.conv2d(x, w, stride=2).sum().backward()` with x [3, 8, 46, 46] and w [32, 8, 1, 1], both
-    channels-last, fp32, crashes every time (segfault or "double free"). So BagNets keep NCHW on CPU.
+    BagNets train channels-last on CPU too since their strided 1×1 convolutions are `SubsampledConv2d`
+    (every other pixel, then a stride-1 1×1 convolution): oneDNN's weight gradient of a strided 1×1
+    convolution on channels-last input with few input channels corrupts the heap (oneDNN issue #6035), the
+    stride-1 one does not (tests/test_models.py runs the crashing case in a subprocess)."""
+    return device.type == "cuda" or requested
+
+
+def use_compile(model: nn.Module, device: torch.device, requested: bool) -> bool:
+    """Whether to `torch.compile` the training step of `model`: when `requested`, on CUDA always, on CPU for
+    BagNets only. Measured on this project's 2-core CPU (`bench train`): BagNet-33's step gains about 1.3×
+    for a compilation of about a minute; ResNet-50's (already channels-last, a 4× smaller feature map) about
+    1.02×, not worth the minute."""
+    return requested and (device.type == "cuda" or getattr(model, "is_bagnet", False))
+
+
+class CompiledOrEager(nn.Module):
+    """`module` run through `torch.compile`, or eagerly where compilation cannot work (no C++ compiler,
+    an unsupported CPU or Python): the first call compiles; if that fails, this says why once and runs
+    `module` itself from then on. Compilation traces with fake tensors, so a failed first call has changed
+    nothing (no BatchNorm statistics, no weights) and the same batch is simply run eagerly.
+
+    `compile_s` is the first call's duration (compilation included); `fallback` the reason, if any.
     """
-    if device.type == "cuda":
-        return True
-    return requested and not getattr(model, "is_bagnet", False)
+
+    def __init__(self, module: nn.Module, verbose: bool = True):
+        super().__init__()
+        self.module = module
+        self._compiled = torch.compile(module)
+        self.verbose = verbose
+        self.compile_s: float | None = None
+        self.fallback: str | None = None
+
+    def forward(self, *args, **kwargs):
+        if self.compile_s is not None:
+            return (self.module if self.fallback else self._compiled)(*args, **kwargs)
+        t0 = time.perf_counter()
+        try:
+            out = self._compiled(*args, **kwargs)
+        except Exception as exc:  # the compiler's many failure types; a true model error recurs eagerly below
+            self.fallback = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+            if self.verbose:
+                print(f"[train] torch.compile is not available here ({self.fallback}); training eagerly.")
+            out = self.module(*args, **kwargs)
+        self.compile_s = time.perf_counter() - t0
+        if self.verbose and not self.fallback:
+            print(f"[train] torch.compile: the first step took {self.compile_s:.0f} s (compilation included)")
+        return out
 
 
 @dataclass
@@ -91,6 +128,8 @@ class TrainResult:
     best_checkpoint: Path
     resumed_from_epoch: int
     trained_with: list[dict] = field(default_factory=list)  # per epoch: {"world_size", "backend"}
+    compile_s: float | None = None  # this call's first compiled step, compilation included (None: eager)
+    compile_fallback: str | None = None  # why torch.compile was requested but the step ran eagerly
 
 
 def _lr_lambda(profile: Profile, steps_per_epoch: int):
@@ -237,6 +276,8 @@ def _train(model: nn.Module, train: ImageTensors, val: ImageTensors, profile: Pr
     if channels_last:
         model.to(memory_format=torch.channels_last)
     net, model = distribute(model, device, w)
+    if use_compile(model, device, profile.compile):
+        net = CompiledOrEager(net, verbose=w.main)
     steps = (max(1, len(train) // profile.batch_size) if profile.drop_last and len(train) >= profile.batch_size
              else math.ceil(len(train) / profile.batch_size))
     optimizer = make_optimizer(model, profile)
@@ -316,7 +357,10 @@ def _train(model: nn.Module, train: ImageTensors, val: ImageTensors, profile: Pr
                        f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} "
                        f"| {row['seconds']:.0f}s")
     barrier()  # rank 0's checkpoints are on disk before any rank reads them
-    return TrainResult(pd.DataFrame(history), best["epoch"], best["val_acc"], best_path, start_epoch, trained_with)
+    compiled = net if isinstance(net, CompiledOrEager) else None
+    return TrainResult(pd.DataFrame(history), best["epoch"], best["val_acc"], best_path, start_epoch, trained_with,
+                       compiled.compile_s if compiled and not compiled.fallback else None,
+                       compiled.fallback if compiled else None)
 
 
 def _load_training_state(path: Path) -> dict:
