@@ -175,6 +175,29 @@ def test_crop_scale_min_bounds_the_crop_area():
                                             for _ in range(50))) >= 0.45 * 64 * 64
 
 
+def test_crop_scale_max_bounds_the_crop_area_from_above_and_reaches_the_training_batches():
+    """Crops of 16-50 % of the area (objects at the test images' size, FixRes) never cover more than half the
+    image, and the profile's `crop_scale_max` is what `epoch_batches` crops with."""
+    from bagnet_lib.data.tensors import ImageTensors
+    from bagnet_lib.nets.profiles import get_profile
+    from bagnet_lib.nets.train import epoch_batches
+
+    g = torch.Generator().manual_seed(0)
+    areas = [ch * cw / 64 ** 2 for _, _, ch, cw in (random_resized_crop_params(64, 64, g, scale=(0.16, 0.5))
+                                                    for _ in range(200))]
+    assert 0.13 < min(areas) < 0.25 and 0.4 < max(areas) < 0.54
+    img = torch.arange(3 * 64 * 64, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, 64, 64)
+    data = ImageTensors([img] * 4, torch.zeros(4, dtype=torch.long), ["a"] * 4, ["c"])
+    whole = torch.nn.functional.interpolate(img[None].float(), size=32, mode="bilinear", antialias=True)[0]
+    def batch(**crops):
+        profile = get_profile("smoke", image_size=32, batch_size=4, **crops)
+        return next(iter(epoch_batches(data, profile, seed=0, epoch=0)))[0].float()
+    full = batch(crop_scale_min=1.0, crop_scale_max=1.0)
+    assert all(torch.allclose(x, whole, atol=1) or torch.allclose(x, whole.flip(-1), atol=1) for x in full)
+    quarter = batch(crop_scale_min=0.25, crop_scale_max=0.25)
+    assert not any(torch.allclose(x, whole, atol=1) or torch.allclose(x, whole.flip(-1), atol=1) for x in quarter)
+
+
 def test_a_file_that_vanished_after_the_split_is_a_clear_error(synthetic_root, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(synthetic_root, root)

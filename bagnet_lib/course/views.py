@@ -53,7 +53,8 @@ def augmentations(run: Run, index: int = 0, n: int = 6) -> Figure:
     """One training image, its eval view and `n` training augmentations (notebook 01)."""
     train = run.tensors("train", progress=False)
     augmented, eval_view = plots.augmentation_examples(train.images[index], run.profile.train_crop, n, run.seed,
-                                                       run.profile.crop_scale_min)
+                                                       run.profile.crop_scale_min, run.profile.crop_scale_max,
+                                                       run.profile.image_size)
     return plots.plot_augmentations(train.images[index], augmented, eval_view, _out(run, "01_augmentation.png"))
 
 

@@ -147,9 +147,11 @@ def random_resized_crop_params(h: int, w: int, gen: torch.Generator, scale=(0.08
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def train_transform(img: Tensor, size: int, gen: torch.Generator, scale_min: float = 0.08) -> Tensor:
-    """RandomResizedCrop(size, scale=(scale_min, 1)) + RandomHorizontalFlip on a uint8 tensor, driven by `gen`."""
-    top, left, ch, cw = random_resized_crop_params(img.shape[-2], img.shape[-1], gen, scale=(scale_min, 1.0))
+def train_transform(img: Tensor, size: int, gen: torch.Generator, scale_min: float = 0.08,
+                    scale_max: float = 1.0) -> Tensor:
+    """RandomResizedCrop(size, scale=(scale_min, scale_max)) + RandomHorizontalFlip on a uint8 tensor, driven by
+    `gen`."""
+    top, left, ch, cw = random_resized_crop_params(img.shape[-2], img.shape[-1], gen, scale=(scale_min, scale_max))
     out = TF.resized_crop(img, top, left, ch, cw, [size, size], antialias=True)
     if torch.rand(1, generator=gen).item() < 0.5:
         out = TF.horizontal_flip(out)
@@ -191,7 +193,7 @@ def image_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 
 def train_batches(data: ImageTensors, size: int, batch_size: int, seed: int, epoch: int,
-                  drop_last: bool = True, scale_min: float = 0.08, rank: int = 0,
+                  drop_last: bool = True, scale_min: float = 0.08, scale_max: float = 1.0, rank: int = 0,
                   world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
     """Shuffled, augmented uint8 batches for one epoch; identical for the same (seed, epoch).
 
@@ -200,7 +202,8 @@ def train_batches(data: ImageTensors, size: int, batch_size: int, seed: int, epo
     """
     for batch in epoch_order(len(data), batch_size, seed, epoch, drop_last):
         idx = rank_share(batch, rank, world_size)
-        yield (torch.stack([train_transform(data.images[i], size, image_generator(seed, epoch, i), scale_min)
+        yield (torch.stack([train_transform(data.images[i], size, image_generator(seed, epoch, i), scale_min,
+                                             scale_max)
                             for i in idx]), data.labels[idx])
 
 

@@ -117,8 +117,9 @@ def plot_augmentations(original: Tensor, augmented: Sequence[Tensor], eval_view:
     n = len(augmented) + 2
     fig = Figure(figsize=(1.9 * n, 2.3))
     axes = fig.subplots(1, n)
-    panels = [(original, f"decoded {original.shape[2]}×{original.shape[1]}"), (eval_view, "eval view")]
-    panels += [(a, f"train aug {i + 1}") for i, a in enumerate(augmented)]
+    panels = [(original, f"decoded {original.shape[2]}×{original.shape[1]}"),
+              (eval_view, f"eval view, {eval_view.shape[-1]} px")]
+    panels += [(a, f"train aug {i + 1}, {a.shape[-1]} px") for i, a in enumerate(augmented)]
     for ax, (img, label) in zip(axes, panels):
         ax.imshow(to_hwc(img))
         ax.set_title(label, fontsize=8)
@@ -365,10 +366,13 @@ def sample_images(root: str | Path, split: pd.DataFrame, per_class: int = 6, see
 
 
 def augmentation_examples(image: Tensor, size: int, n: int = 6, seed: int = 0,
-                          scale_min: float = 0.08) -> tuple[list[Tensor], Tensor]:
-    """`n` training augmentations (smallest crop `scale_min` of the area) and the eval view of one image."""
+                          scale_min: float = 0.08, scale_max: float = 1.0,
+                          eval_size: int | None = None) -> tuple[list[Tensor], Tensor]:
+    """`n` training augmentations (crops of `scale_min`–`scale_max` of the area) and the eval view of one image
+    (at `eval_size`, default `size`)."""
     gen = torch.Generator().manual_seed(seed)
-    return [train_transform(image, size, gen, scale_min) for _ in range(n)], eval_transform(image, size)
+    return ([train_transform(image, size, gen, scale_min, scale_max) for _ in range(n)],
+            eval_transform(image, eval_size or size))
 
 
 def plot_frontier(points: pd.DataFrame, out: str | Path | None = None,

@@ -32,6 +32,7 @@ class Profile:
     label_smoothing: float = 0.0
     train_size: int | None = None  # side of the training crops (None: image_size); see `for_model`
     crop_scale_min: float = 0.08  # RandomResizedCrop's smallest crop area (torchvision's default 0.08)
+    crop_scale_max: float = 1.0  # and its largest; below 1, crops show objects at the test images' size (FixRes)
     zero_init_residual: bool = False  # start each residual branch at zero (last BN weight = 0)
     drop_last: bool = True  # drop the last partial training batch of an epoch (the paper kept it)
     original_size: bool = False  # decode at the original resolution (the paper cropped the full images)

@@ -191,7 +191,8 @@ def epoch_batches(train: ImageTensors, profile: Profile, seed: int, epoch: int, 
     batch ahead in a background thread."""
     w = w or World()
     return prefetch(train_batches(train, profile.train_crop, profile.batch_size, seed, epoch,
-                                  drop_last=profile.drop_last, scale_min=profile.crop_scale_min, rank=w.rank,
+                                  drop_last=profile.drop_last, scale_min=profile.crop_scale_min,
+                                  scale_max=profile.crop_scale_max, rank=w.rank,
                                   world_size=w.size))
 
 
