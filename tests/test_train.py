@@ -40,6 +40,22 @@ _build = _model
 
 
 @pytest.mark.slow
+def _interrupt_in_epoch_2(monkeypatch, at_batch: int, train) -> None:
+    """Run `train()` with a Ctrl-C raised at batch `at_batch` of the second epoch; then undo the patch."""
+    real = train_mod.train_batches
+
+    def dies_in_epoch_2(*args, **kw):
+        for i, batch in enumerate(real(*args, **kw)):
+            if kw.get("epoch", args[4] if len(args) > 4 else None) == 1 and i == at_batch:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(train_mod, "train_batches", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    monkeypatch.setattr(train_mod, "train_batches", real)
+
+
 def test_loss_falls_on_the_training_images(tmp_path_factory, tmp_path):
     from bagnet_lib.data.synthetic import generate_synthetic_dataset
 
@@ -70,18 +86,8 @@ def test_an_interrupted_run_resumes_to_identical_weights(data, tmp_path, monkeyp
     straight = _model()
     train_model(straight, train, val, profile, tmp_path / "a", "bag", seed=7, progress=False)
 
-    real = train_mod.train_batches
-
-    def dies_in_epoch_2(*args, **kw):  # Ctrl-C halfway through the second epoch
-        for i, batch in enumerate(real(*args, **kw)):
-            if kw.get("epoch", args[4] if len(args) > 4 else None) == 1 and i == 2:
-                raise KeyboardInterrupt
-            yield batch
-
-    monkeypatch.setattr(train_mod, "train_batches", dies_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train_model(_model(), train, val, profile, tmp_path / "b", "bag", seed=7, progress=False)
-    monkeypatch.setattr(train_mod, "train_batches", real)
+    _interrupt_in_epoch_2(monkeypatch, 2, lambda: train_model(_model(), train, val, profile, tmp_path / "b", "bag",
+                                                            seed=7, progress=False))
     assert len(pd.read_csv(tmp_path / "b" / "bag_history.csv")) == 1  # epoch 1 was saved, epoch 2 was not
 
     resumed_model = _model()
@@ -164,18 +170,8 @@ def test_a_compiled_run_is_reproducible_and_resumes_to_identical_weights(data, t
         result = train_model(model, train, val, profile, tmp_path / run, "bag", seed=3, progress=False)
         assert result.compile_fallback is None and result.compile_s is not None
         runs[run] = model.state_dict()
-    real = train_mod.train_batches
-
-    def dies_in_epoch_2(*args, **kw):
-        for i, batch in enumerate(real(*args, **kw)):
-            if kw.get("epoch", args[4] if len(args) > 4 else None) == 1 and i == 1:
-                raise KeyboardInterrupt
-            yield batch
-
-    monkeypatch.setattr(train_mod, "train_batches", dies_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train_model(_model(), train, val, profile, tmp_path / "c", "bag", seed=3, progress=False)
-    monkeypatch.setattr(train_mod, "train_batches", real)
+    _interrupt_in_epoch_2(monkeypatch, 1, lambda: train_model(_model(), train, val, profile, tmp_path / "c", "bag",
+                                                            seed=3, progress=False))
     resumed = _model()
     assert train_model(resumed, train, val, profile, tmp_path / "c", "bag", seed=3, progress=False).resumed_from_epoch == 1
     for k, a in runs["a"].items():
