@@ -198,7 +198,8 @@ def _run(args: argparse.Namespace) -> int:
             _rewrite_block(Path(args.readme), f"bench-{args.name}", bench.format_table(result))
         return 0
     if args.command == "tune":
-        from bagnet_lib.course.tuning import TUNING_DIR, parse_overrides, tune, tuning_table
+        from bagnet_lib.course.tuning import TUNING_DIR, tune, tuning_table
+        from bagnet_lib.nets.profiles import parse_overrides
 
         for rec in tune(args.name, parse_overrides(args.overrides), tuple(args.models), args.profile, args.run_dir,
                         args.data_dir, args.manifest, args.seed, progress=progress):
@@ -239,8 +240,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         profile = args.profile
         if getattr(args, "overrides", None):
-            from bagnet_lib.course.tuning import parse_overrides
-            from bagnet_lib.nets.profiles import get_profile
+            from bagnet_lib.nets.profiles import get_profile, parse_overrides
 
             profile = get_profile(args.profile, **parse_overrides(args.overrides))
         run = main_first(lambda: pipeline.prepare_run(args.run_dir, profile, args.data_dir, args.manifest, args.seed,

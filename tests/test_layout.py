@@ -64,3 +64,18 @@ def test_the_layer_contracts_pass_and_fail_on_a_deliberately_wrong_import(tmp_pa
     assert contract in report, broken.stdout
     importer = "bagnet_lib." + module.removesuffix(".py").replace("/", ".")
     assert importer in report or "." + module.split("/")[0] in report, broken.stdout
+
+
+def test_every_relative_link_of_the_readme_and_the_docs_reaches_a_file():
+    import re
+
+    pages = [ROOT / "README.md", ROOT / "REPORT.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted(ROOT.glob("*/README.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} → {target}")
+    assert not broken, broken

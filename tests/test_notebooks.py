@@ -358,3 +358,58 @@ def test_a_seed_study_needs_a_finished_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds no finished run" in err and "make reproduce" in err and "Traceback" not in err
     assert not (tmp_path / "nothing-seed1").exists()
+
+
+def test_published_notebooks_keep_figures_drop_widgets_and_machine_paths_and_stay_small(tmp_path, monkeypatch):
+    from bagnet_lib.course import published_notebooks as pub
+    from bagnet_lib.course.runner import publish
+    from bagnet_lib.errors import UserError
+    from bagnet_lib.io import PROJECT_ROOT
+
+    run = PROJECT_ROOT / "runs" / f"publish-test-{tmp_path.name}"  # a run inside the repository, as `make reproduce` makes
+    data = tmp_path / "elsewhere" / "flowers"
+    monkeypatch.delenv("BAGNET_DATA", raising=False)
+    try:
+        (run / "notebooks").mkdir(parents=True)
+        (run / "results").mkdir()
+        (run / "figures").mkdir()
+        (run / "run.json").write_text(json.dumps({"profile": {"name": "cpu"}, "synthetic": False,
+                                                 "data_dir": str(data), "manifest": None}))
+        (run / "REPORT.md").write_text("# r\n")
+        (run / "results" / "summary.json").write_text("{}")
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"x": 1}}}
+        nb.metadata["papermill"] = {"input_path": str(PROJECT_ROOT / "notebooks" / NOTEBOOKS[0]),
+                                    "parameters": {"RUN_DIR": str(run), "DATA_DIR": str(data)}}
+        cell = nbformat.v4.new_code_cell(f'RUN_DIR = "{run}"\nDATA_DIR = "{data}"')
+        cell.outputs = [
+            nbformat.v4.new_output("stream", name="stderr", text=f"{Path.home()}/.cache/x.py:1: warning\n"),
+            nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "m"},
+                                                         "text/plain": "HBox(children=(...))"}),
+            nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}),
+            nbformat.v4.new_output("stream", name="stdout", text=f"wrote {run}/results/summary.json\n"),
+        ]
+        nb.cells = [cell]
+        for name in NOTEBOOKS:
+            nbformat.write(nb, run / "notebooks" / name)
+        repo = tmp_path / "repo"
+        publish(run, repo)
+        out = repo / "results" / "cpu" / "notebooks"
+        assert sorted(p.name for p in out.iterdir()) == sorted(NOTEBOOKS)
+        text = (out / NOTEBOOKS[0]).read_text()
+        for machine in (str(run), str(data), str(PROJECT_ROOT), str(Path.home()), "/tmp/"):
+            assert machine not in text
+        published = nbformat.reads(text, as_version=4)
+        outputs = published.cells[0].outputs
+        assert "widgets" not in published.metadata and len(outputs) == 3
+        assert outputs[1]["data"]["image/png"] == "iVBORw0KGgo="  # the figure stays, embedded
+        assert f"wrote runs/{run.name}/results/summary.json" in outputs[2]["text"]
+        assert f'RUN_DIR = "runs/{run.name}"' in published.cells[0].source and "<flowers>" in published.cells[0].source
+        monkeypatch.setattr(pub, "MAX_BYTES", 100)
+        with pytest.raises(UserError, match=r"01_data_exploration.ipynb is .* MB once cleaned"):
+            publish(run, repo)
+        assert (out / NOTEBOOKS[0]).read_text() == text  # refused: the published notebooks are left as they were
+    finally:
+        import shutil
+
+        shutil.rmtree(run, ignore_errors=True)

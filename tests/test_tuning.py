@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from bagnet_lib.course.tuning import parse_overrides, tune, tuning_table
+from bagnet_lib.course.tuning import tune, tuning_table
 from bagnet_lib.errors import UserError
+from bagnet_lib.nets.profiles import parse_overrides
 
 
 def test_overrides_are_typed_and_checked():

@@ -53,7 +53,7 @@ def _sync(device: torch.device) -> None:
 def worker(model_name: str, profile_name: str, steps: int, warmup: int = 3, device: str | None = None) -> dict:
     """Time `steps` DDP training steps and one sharded evaluation on this rank; the result (rank 0 prints it)."""
     w = init_distributed(device)
-    p = get_profile(profile_name)
+    p = get_profile(profile_name).for_model(model_name)
     check_world(p, p.batch_size * 10, w)
     dev = select_device(device)
     precision = resolve_precision(p.precision, dev)

@@ -3,7 +3,8 @@
 What is timed is exactly what `train.train_model` runs for every batch: `train.epoch_batches` (the
 decoded images, augmented by `train_batches`, prepared a batch ahead in a background thread) feeding
 `train.train_on_batch` (normalise, forward under autocast, cross-entropy, backward, SGD step), at the
-`cpu` profile's settings (image size, width, batch size, optimizer). Three arms per model, alternated
+`cpu` profile's settings as each network trains with them (`Profile.for_model`: its training crop, width,
+batch size, optimizer). Three arms per model, alternated
 round by round so that drift on a shared machine hits all of them:
 
 - `fp32 NCHW`: the step as the library first ran it (fp32, the default memory layout);
@@ -218,7 +219,8 @@ def run(quick: bool = False) -> dict:
         models = {}
         for name in MODELS:
             peaks = {p: max(r["median"] for r in runs) for p, runs in peak_runs.items()}
-            models[name] = _bench_model(name, profile, data, s, peaks)
+            models[name] = _bench_model(name, profile.for_model(name), data, s, peaks)
+            models[name]["train_crop"] = profile.for_model(name).train_crop
         for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             peak_runs[p].append(mm_peak(s["peak_calls"], s["peak_n"], dt))
     peaks = {p: max(r["median"] for r in runs) for p, runs in peak_runs.items()}
@@ -232,7 +234,7 @@ def run(quick: bool = False) -> dict:
         "data": source,
         "train_images": len(data),
         "image_size": profile.image_size,
-        "train_crop": profile.train_crop,  # what a training step sees (the profile's train_size, else image_size)
+        "train_crop": {name: m["train_crop"] for name, m in models.items()},  # what each network's step sees
         "width": profile.width,
         "batch_size": profile.batch_size,
         "profile_precision": profile.precision,
@@ -261,7 +263,9 @@ def run(quick: bool = False) -> dict:
 def format_table(result: dict) -> str:
     """The result as the bench-train table of docs/performance.md (Markdown)."""
     r = result
-    lines = [f"`cpu` profile's training step ({r.get('train_crop', r['image_size'])} px crops, width {r['width']}, batch {r['batch_size']}, "
+    crops = r.get("train_crop", r["image_size"])
+    crops = (", ".join(f"{name} {side} px" for name, side in crops.items()) if isinstance(crops, dict) else f"{crops} px")
+    lines = [f"`cpu` profile's training step (crops: {crops}; width {r['width']}, batch {r['batch_size']}, "
              f"{r['torch_threads']} threads, {r['data']} data{', quick run' if r.get('quick') else ''}); matmul peak "
              f"of this run: **{r['peak_gflops']['fp32']:.0f} GFLOP/s fp32, {r['peak_gflops']['bf16']:.0f} GFLOP/s "
              "bf16** (2048×2048 `torch.mm`).", "",

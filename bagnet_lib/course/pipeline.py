@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -27,11 +26,12 @@ from bagnet_lib.data.synthetic import generate_synthetic_dataset
 from bagnet_lib.data.tensors import eval_batch
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import PROJECT_ROOT, write_json
+from bagnet_lib.nets.adapt import adapt_step
 from bagnet_lib.nets.distributed import main_first, world
 from bagnet_lib.nets.metrics import correct, evaluate_logits, nll
 from bagnet_lib.nets.models import build_model
 from bagnet_lib.nets.precision import resolve_precision
-from bagnet_lib.nets.profiles import PROFILES, Profile, get_profile
+from bagnet_lib.nets.profiles import Profile, get_profile, override_args
 from bagnet_lib.nets.run import Run
 from bagnet_lib.nets.train import load_best, predict, train_model
 
@@ -131,7 +131,8 @@ def leakage_report(run: Run, manifest: str | Path | None = None) -> pd.DataFrame
 
 
 def train_step(run: Run, model_name: str, progress: bool = True, nproc: int | None = None) -> dict:
-    """Train `model_name` (resuming if interrupted), then score its best checkpoint on train and test.
+    """Train `model_name` (resuming if interrupted), adapt its best checkpoint to the test size where the profile
+    asks for it (`nets.adapt`: `<name>_adapted.pt`), then score that network on train, val and test.
 
     With `nproc` (the notebooks' NPROC, `make reproduce NPROC=8`) the training runs in a child process,
     `torchrun --standalone --nproc_per_node=<nproc> -m bagnet_lib train …`, whose output shows here as it
@@ -150,12 +151,18 @@ def train_step(run: Run, model_name: str, progress: bool = True, nproc: int | No
     result = train_model(model, train, val, p.for_model(model_name), run.run_dir / "checkpoints", model_name, run.seed, progress=progress,
                          history_path=run.results / f"{model_name}_history.csv")
     load_best(model, result.best_checkpoint)
+    train_seconds = time.perf_counter() - t0
+    mp = p.for_model(model_name)
+    adapted = main_first(lambda: adapt_step(model, train, mp, result.best_checkpoint, run.seed, write=w.main,
+                                            progress=progress))
     metrics = {"model": model_name, "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
                "precision": resolve_precision(p.precision, next(model.parameters()).device),
                **_trained_with(result.trained_with),
-               "train_seconds": float(result.history["seconds"].sum()), "wall_seconds": time.perf_counter() - t0,
+               "train_seconds": float(result.history["seconds"].sum()), "wall_seconds": train_seconds,
+               "adapted": {"bn": mp.adapt_bn, "epochs": mp.adapt_epochs, "image_size": mp.image_size,
+                           "seconds": time.perf_counter() - t0 - train_seconds} if adapted else None,
                "n_parameters": sum(q.numel() for q in model.parameters())}
-    for name, data in (("train", train), ("test", test)):
+    for name, data in (("train", train), ("val", val), ("test", test)):
         logits = predict(model, eval_batch(data, p.image_size), p.eval_batch_size, precision=p.precision)
         metrics[name] = evaluate_logits(logits, data.labels, run.classes, seed=run.seed)
         if name == "test" and w.main:  # per-image predictions: paired comparisons and the images a model gets wrong
@@ -178,15 +185,6 @@ def _trained_with(per_epoch: list[dict]) -> dict:
     return out
 
 
-def profile_overrides(profile: Profile) -> list[str]:
-    """`FIELD=VALUE` for each field where `profile` differs from the named profile it was made from (a tuning run)."""
-    base = PROFILES.get(profile.name)
-    if base is None:
-        return []
-    return [f"{f.name}={getattr(profile, f.name)}" for f in fields(Profile)
-            if getattr(profile, f.name) != getattr(base, f.name)]
-
-
 def train_with_torchrun(run: Run, model_name: str, nproc: int, progress: bool = True) -> dict:
     """`train_step` in `nproc` processes: `torchrun --standalone … -m bagnet_lib train` as a child of this one.
 
@@ -196,7 +194,7 @@ def train_with_torchrun(run: Run, model_name: str, nproc: int, progress: bool = 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
            "-m", "bagnet_lib", "train", "--model", model_name, "--profile", run.profile.name,
            "--run-dir", str(run.run_dir), "--seed", str(run.seed)]
-    cmd += [a for o in profile_overrides(run.profile) for a in ("--set", o)]
+    cmd += [a for o in override_args(run.profile) for a in ("--set", o)]
     if not progress:
         cmd.append("--no-progress")
     print(f"[train] torchrun {' '.join(cmd[3:])}", flush=True)  # `python -m torch.distributed.run` is torchrun

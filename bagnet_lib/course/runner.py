@@ -5,8 +5,9 @@
 RUN_DIR/results/, the report to RUN_DIR/REPORT.md. The first failing notebook stops the run with its
 name and failing cell; its executed copy (with the traceback) is kept.
 
-`publish` copies a finished run into the repository's `figures/<profile>/` and `results/<profile>/`
-(and REPORT.md at the top level for the `cpu` profile); smoke runs and synthetic-data runs are never
+`publish` copies a finished run into the repository's `figures/<profile>/` and `results/<profile>/`, its executed
+notebooks, cleaned, into `results/<profile>/notebooks/` (`published_notebooks`), and REPORT.md at the top level
+for the `cpu` profile; smoke runs and synthetic-data runs are never
 published, so they cannot overwrite the committed reference results.
 
 `seed_study` (`python -m bagnet_lib seeds`, `make seeds`) runs the same course with more training seeds beside a
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bagnet_lib.course.pipeline import SYNTHETIC_BANNER, choose_data
+from bagnet_lib.course.published_notebooks import path_replacements, publish_notebooks
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import PROJECT_ROOT, write_json, write_text
 from bagnet_lib.writeup.readme import update_readme
@@ -207,7 +209,8 @@ def seed_study(run_dir: str | Path, seeds: list[int], publish_to: str | Path | N
 
 
 def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:
-    """Copy a finished real-data run into repo/figures/<profile>/ and repo/results/<profile>/.
+    """Copy a finished real-data run into repo/figures/<profile>/ and repo/results/<profile>/ (its executed
+    notebooks into results/<profile>/notebooks/).
 
     Refuses smoke and synthetic runs (they would overwrite the committed reference results).
     """
@@ -219,6 +222,9 @@ def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:
               "the committed figures/ and results/ stay as they are")
         return None
     figs, res = repo / "figures" / profile, repo / "results" / profile
+    # the notebooks first: one too large is refused before anything of the earlier publication is replaced
+    executed = [run_dir / "notebooks" / name for name in NOTEBOOKS if (run_dir / "notebooks" / name).is_file()]
+    publish_notebooks(executed, res / "notebooks", path_replacements(run_dir, meta.get("data_dir"), meta.get("manifest")))
     for src, dst, pattern in ((run_dir / "figures", figs, "*.png"), (run_dir / "results", res, "*")):
         dst.mkdir(parents=True, exist_ok=True)
         new = {f.name for f in src.glob(pattern) if f.is_file()}

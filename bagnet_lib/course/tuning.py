@@ -3,7 +3,8 @@
 Each run trains the chosen models with a profile whose fields are replaced by `--set` (in its own run
 directory, resumable like any training), then appends one record per model to
 `results/tuning/<profile>.json`: the settings that differ from the profile, best validation epoch and
-accuracy, per-epoch validation accuracy, test accuracy and loss, seconds per epoch, the machine's load.
+accuracy, the validation accuracy of the network evaluated (adapted to the test size where the run asks for it,
+`nets.adapt`), per-epoch validation accuracy, test accuracy and loss, seconds per epoch, the machine's load.
 Choices are made on validation accuracy; the test numbers are recorded because hiding them would be worse.
 `tuning_table` renders the file as docs/profiles.md's "How the cpu profile was tuned" table (the `tuning` block).
 """
@@ -12,39 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import fields, replace
 from pathlib import Path
 
 from bagnet_lib.course.pipeline import prepare_run, train_step
-from bagnet_lib.errors import UserError
 from bagnet_lib.io import PROJECT_ROOT, write_json
-from bagnet_lib.nets.profiles import Profile, get_profile
+from bagnet_lib.nets.profiles import get_profile
 
 TUNING_DIR = PROJECT_ROOT / "results" / "tuning"
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """`["image_size=160", "lr=0.1", "precision=bf16"]` → typed profile overrides (checked against Profile)."""
-    types = {f.name: f.type for f in fields(Profile)}
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in types or key == "name":
-            raise UserError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of "
-                            f"{', '.join(k for k in types if k != 'name')}.")
-        kind = str(types[key])
-        try:
-            if "bool" in kind:
-                out[key] = value.lower() in ("1", "true", "yes")
-            elif kind.startswith("int"):
-                out[key] = None if value.lower() == "none" else int(value)
-            elif kind.startswith("float"):
-                out[key] = float(value)
-            else:
-                out[key] = value
-        except ValueError:
-            raise UserError(f"--set {pair!r}: {value!r} is not a valid {kind}.") from None
-    return out
 
 
 def tune(name: str, overrides: dict, models: tuple[str, ...] = ("resnet50", "bagnet33"), profile: str = "cpu",
@@ -52,7 +27,7 @@ def tune(name: str, overrides: dict, models: tuple[str, ...] = ("resnet50", "bag
          seed: int = 0, out: str | Path | None = None, progress: bool = True) -> list[dict]:
     """Train `models` with `profile` and `overrides`; append their records to results/tuning/<profile>.json."""
     base = get_profile(profile)
-    p = replace(base, **overrides)
+    p = get_profile(profile, **overrides)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     run = prepare_run(run_dir or Path("runs") / "tune" / slug, p, data_dir, manifest, seed, progress=progress)
     out = Path(out) if out else TUNING_DIR / f"{profile}.json"
@@ -64,8 +39,10 @@ def tune(name: str, overrides: dict, models: tuple[str, ...] = ("resnet50", "bag
         records.append({
             "run": name, "model": model, "settings": {k: v for k, v in p.to_dict().items()
                                                       if getattr(base, k) != v},
-            "epochs": p.for_model(model).epochs, "image_size": p.image_size, "train_crop": p.train_crop, "precision": m.get("precision", p.precision),
+            "epochs": p.for_model(model).epochs, "image_size": p.image_size, "train_crop": p.for_model(model).train_crop,
+            "precision": m.get("precision", p.precision),
             "best_epoch": m["best_epoch"], "best_val_acc": m["best_val_acc"],
+            "val_acc": m["val"]["acc"], "adapted": m.get("adapted"),  # the evaluated network's (adapted where it was)
             "test_acc": m["test"]["acc"], "test_loss": m["test"]["loss"], "train_acc_eval_transform": m["train"]["acc"],
             "median_epoch_seconds": seconds[len(seconds) // 2],
             "val_acc_by_epoch": [round(v, 4) for v in hist["val_acc"]],
@@ -94,7 +71,8 @@ def tuning_table(book: dict) -> str:
     lines = ["| run | ResNet-50 val / test (best epoch) | BagNet-33 val / test (best epoch) | median seconds per "
              "epoch (ResNet / BagNet) |", "| --- | --- | --- | --- |"]
     for run, m in by_run.items():
-        cell = lambda r: f"{r['best_val_acc']:.3f} / {r['test_acc']:.3f} ({r['best_epoch']}/{r['epochs']})" if r else "–"  # noqa: E731
+        cell = lambda r: (f"{r.get('val_acc', r['best_val_acc']):.3f} / {r['test_acc']:.3f} ({r['best_epoch']}/{r['epochs']})"  # noqa: E731
+                          if r else "–")
         sec = lambda r: f"{r['median_epoch_seconds']:.1f}" if r else "–"  # noqa: E731
         r50, b33 = m.get("resnet50"), m.get("bagnet33")
         lines.append(f"| {run} | {cell(r50)} | {cell(b33)} | {sec(r50)} / {sec(b33)} |")

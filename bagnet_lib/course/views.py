@@ -21,6 +21,7 @@ from bagnet_lib.figures import plots
 from bagnet_lib.figures.evidence import plot_gradcam_grid, plot_patch_evidence, plot_receptive_field
 from bagnet_lib.figures.registry import figure_path
 from bagnet_lib.figures.widgets import BlackoutExplorer
+from bagnet_lib.nets.adapt import adaptation_label
 from bagnet_lib.nets.gradcam import grad_cam
 from bagnet_lib.nets.models import model_label
 from bagnet_lib.nets.run import Run
@@ -50,12 +51,18 @@ def image_sizes(run: Run) -> tuple[Figure, pd.DataFrame]:
 
 
 def augmentations(run: Run, index: int = 0, n: int = 6) -> Figure:
-    """One training image, its eval view and `n` training augmentations (notebook 01)."""
+    """One training image, its eval view and `n` training augmentations per training recipe: one row when every
+    network trains alike, else ResNet-50's and the BagNets' (`Profile.bagnet_settings`) (notebook 01)."""
     train = run.tensors("train", progress=False)
-    augmented, eval_view = plots.augmentation_examples(train.images[index], run.profile.train_crop, n, run.seed,
-                                                       run.profile.crop_scale_min, run.profile.crop_scale_max,
-                                                       run.profile.image_size)
-    return plots.plot_augmentations(train.images[index], augmented, eval_view, _out(run, "01_augmentation.png"))
+    recipes: dict[tuple, list[str]] = {}
+    for name, label in (("resnet50", "ResNet-50"), ("bagnet33", "BagNets")):
+        p = run.profile.for_model(name)
+        recipes.setdefault((p.train_crop, p.crop_scale_min, p.crop_scale_max), []).append(label)
+    rows, eval_view = {}, None
+    for (size, smin, smax), labels in recipes.items():
+        rows[" & ".join(labels)], eval_view = plots.augmentation_examples(train.images[index], size, n, run.seed, smin,
+                                                                          smax, run.profile.image_size)
+    return plots.plot_augmentations(train.images[index], rows, eval_view, _out(run, "01_augmentation.png"))
 
 
 def audit_tables(run: Run) -> tuple[pd.Series, pd.DataFrame]:
@@ -83,6 +90,21 @@ def confusion(run: Run, model_name: str) -> Figure:
     return plots.plot_confusion(metrics["test"]["confusion"], run.classes,
                                 _out(run, f"{_nb(model_name)}_{model_name}_confusion.png"),
                                 f"{model_label(model_name)}: confusion matrix (test, accuracy {metrics['test']['acc']:.3f})")
+
+
+def adaptation(run: Run, model_name: str) -> pd.DataFrame:
+    """Validation accuracy and cross-entropy of the best epoch as trained and after its adaptation to the test size
+    (`nets.adapt`), where the profile asks for one (notebooks 02, 03)."""
+    history = pd.read_csv(run.results / f"{model_name}_history.csv")
+    metrics = json.loads((run.results / f"{model_name}_metrics.json").read_text())
+    best = history.loc[history["val_acc"].idxmax()]
+    p = run.profile.for_model(model_name)
+    rows = [{"network": f"best epoch ({int(best['epoch'])}) as trained on {p.train_crop} px crops",
+             "val accuracy": best["val_acc"], "val cross-entropy": best["val_loss"], "seconds": None}]
+    if metrics.get("adapted"):
+        rows.append({"network": f"then {adaptation_label(metrics['adapted'])}", "val accuracy": metrics["val"]["acc"],
+                     "val cross-entropy": metrics["val"]["loss"], "seconds": metrics["adapted"]["seconds"]})
+    return pd.DataFrame(rows).set_index("network").round(4)
 
 
 def hardest_mistakes(run: Run, model_name: str, n: int = 6) -> list[int]:
@@ -127,7 +149,7 @@ def patch_evidence(run: Run, model_name: str = "bagnet33", n: int = 4) -> Figure
     with torch.no_grad():
         logits = model.patch_logits(normalize(images.to(next(model.parameters()).device))).float().cpu()
     cams = None
-    if (run.run_dir / "checkpoints" / "resnet50_best.pt").is_file():
+    if run.checkpoint("resnet50").is_file():
         resnet = run.model("resnet50")
         cams = grad_cam(resnet, normalize(images.to(next(resnet.parameters()).device))).cpu()
     return plot_patch_evidence(images, logits, test.labels[idx], run.classes, model.geometry,

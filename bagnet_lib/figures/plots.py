@@ -111,19 +111,23 @@ def plot_image_sizes(sizes: pd.DataFrame, out: str | Path | None = None) -> Figu
     return save(fig, out)
 
 
-def plot_augmentations(original: Tensor, augmented: Sequence[Tensor], eval_view: Tensor,
+def plot_augmentations(original: Tensor, augmented: dict[str, Sequence[Tensor]], eval_view: Tensor,
                        out: str | Path | None = None) -> Figure:
-    """The decoded image, its eval view (resize + centre crop) and several training augmentations."""
-    n = len(augmented) + 2
-    fig = Figure(figsize=(1.9 * n, 2.3))
-    axes = fig.subplots(1, n)
-    panels = [(original, f"decoded {original.shape[2]}×{original.shape[1]}"),
-              (eval_view, f"eval view, {eval_view.shape[-1]} px")]
-    panels += [(a, f"train aug {i + 1}, {a.shape[-1]} px") for i, a in enumerate(augmented)]
-    for ax, (img, label) in zip(axes, panels):
-        ax.imshow(to_hwc(img))
-        ax.set_title(label, fontsize=8)
-        ax.axis("off")
+    """The decoded image, its eval view (resize + centre crop) and, one row per training recipe (`augmented`:
+    label → crops), several training augmentations, each panel titled with its size in pixels."""
+    n = max(len(a) for a in augmented.values()) + 2
+    fig = Figure(figsize=(1.9 * n, 2.3 * len(augmented) + 0.3), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(augmented), n))
+    for row, (recipe, crops) in enumerate(augmented.items()):
+        panels = [(original, f"decoded {original.shape[2]}×{original.shape[1]}"),
+                  (eval_view, f"eval view, {eval_view.shape[-1]} px")] if row == 0 else [None, None]
+        panels += [(a, f"{recipe}: aug {i + 1}, {a.shape[-1]} px" if len(augmented) > 1 else
+                    f"train aug {i + 1}, {a.shape[-1]} px") for i, a in enumerate(crops)]
+        for ax, panel in zip(axes[row], panels + [None] * (n - len(panels))):
+            ax.axis("off")
+            if panel is not None:
+                ax.imshow(to_hwc(panel[0]))
+                ax.set_title(panel[1], fontsize=8)
     fig.suptitle("Augmentation: RandomResizedCrop + horizontal flip (train); Resize + CenterCrop (eval)")
     return save(fig, out)
 

@@ -6,7 +6,7 @@ everything one run made:
     RUN_DIR/run.json            profile, data location, seed, whether the data is synthetic
     RUN_DIR/audit.json          the data audit
     RUN_DIR/split.csv           path,label,split: read by every later step
-    RUN_DIR/checkpoints/        <model>_last.pt (resumable), <model>_best.pt
+    RUN_DIR/checkpoints/        <model>_last.pt (resumable), <model>_best.pt, <model>_adapted.pt (nets.adapt)
     RUN_DIR/cache/              decoded images, cached patch logits
     RUN_DIR/results/            histories, metrics, blackout_<experiment>.csv, frontier.csv, summary.json
     RUN_DIR/REPORT.md           the write-up (notebook 05)
@@ -87,13 +87,21 @@ class Run:
         raise UserError(f"{self.run_dir} holds several trained BagNets ({', '.join(trained)}); set BAGNET in the "
                         "notebook's parameters cell to the one to study.")
 
+    def checkpoint(self, name: str) -> Path:
+        """The weights of `name` that the course evaluates: `<name>_adapted.pt` where the profile adapts that
+        network to the test size (`nets.adapt`), else `<name>_best.pt` (the best validation epoch)."""
+        p = self.profile.for_model(name)
+        return self.run_dir / "checkpoints" / f"{name}_{'adapted' if p.adapt_bn or p.adapt_epochs else 'best'}.pt"
+
     def model(self, name: str, best: bool = True) -> torch.nn.Module:
-        """The model `name` with its best checkpoint from this run loaded, in eval mode."""
+        """The model `name` with its trained weights from this run (`checkpoint`) loaded, in eval mode."""
         model = build_model(name, len(self.classes), width=self.profile.width)
-        ckpt = self.run_dir / "checkpoints" / f"{name}_best.pt"
+        ckpt = self.checkpoint(name)
         if best:
             if not ckpt.is_file():
                 raise UserError(f"No trained {name} in {self.run_dir} ({ckpt} is missing). Train it first: "
-                                f"`python -m bagnet_lib train --model {name} --run-dir {self.run_dir}`.")
+                                f"`python -m bagnet_lib train --model {name} --run-dir {self.run_dir}` (notebook "
+                                f"{'03' if name in BAGNETS else '02'}), which also adapts it to the test size where "
+                                "the profile asks for it.")
             load_best(model, ckpt)
         return model.to(select_device()).eval()

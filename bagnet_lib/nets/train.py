@@ -159,7 +159,7 @@ def make_optimizer(model: nn.Module, profile: Profile) -> torch.optim.Optimizer:
 
 
 def _fingerprint(profile: Profile, model_name: str, seed: int, n_train: int) -> dict:
-    return {"profile": profile.to_dict(), "model": model_name, "seed": seed, "n_train": n_train}
+    return {"profile": profile.training_fields(), "model": model_name, "seed": seed, "n_train": n_train}
 
 
 @torch.no_grad()

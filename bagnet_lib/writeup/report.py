@@ -137,7 +137,7 @@ def setting_table(summary: dict) -> list[str]:
     s, b = summary["setting"], summary["bagnet"]
     trained = ("ImageNet-pretrained" + (", last layer retrained (backbone frozen)" if s["feature_extract"] else
                                         ", fine-tuned")) if s["pretrained"] else "from scratch (random initialisation)"
-    crops = f", training crops {s['train_crop']} px" if s["train_crop"] != s["image_size"] else ""
+    crops = training_crops(s, b, ", training crops ")
     return ["| | the paper | this run |", "| --- | --- | --- |",
             f"| networks | ResNet-50, BagNet-33 | ResNet-50, {model_label(b)} (width {s['width']} of the published "
             "channel counts) |",
@@ -147,7 +147,27 @@ def setting_table(summary: dict) -> list[str]:
             f"| epochs | 50 | ResNet-50 {s['epochs']['resnet50']}, {model_label(b)} {s['epochs'][b]} (best validation "
             "epoch kept) |",
             f"| split | 70/20/10 | {s['split']}: {s['n_train']} / {s['n_val']} / {s['n_test']} images |",
-            f"| precision | fp32 | {s['precision']} |"]
+            f"| precision | fp32 | {s['precision']} |"] + adaptation_rows(s, b)
+
+
+def training_crops(s: dict, bagnet: str, lead: str) -> str:
+    """`lead` + the training crops' sides where they differ from the test size ("" where they do not): one side,
+    or each network's (summary's `setting`)."""
+    crops = s["train_crop"] if isinstance(s["train_crop"], dict) else {"resnet50": s["train_crop"], bagnet: s["train_crop"]}
+    if set(crops.values()) == {s["image_size"]}:
+        return ""
+    if len(set(crops.values())) == 1:
+        return f"{lead}{crops['resnet50']} px"
+    return lead + ", ".join(f"{model_label(m)} {side} px" for m, side in crops.items())
+
+
+def adaptation_rows(s: dict, bagnet: str) -> list[str]:
+    """The setting table's row for the adaptation to the test size (`nets.adapt`), where there was one."""
+    adapted = {m: a for m, a in (s.get("adaptation") or {}).items() if a}
+    if not adapted:
+        return []
+    return ["| adapted to the test size after training | no (trained and tested at 224 px) | "
+            + "; ".join(f"{model_label(m)}: {a}" for m, a in adapted.items()) + " (on the training images) |"]
 
 
 def _figures(names: list[str], available: set[str], figure_dir: str) -> list[str]:

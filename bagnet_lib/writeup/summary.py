@@ -25,6 +25,7 @@ from bagnet_lib.blackout.study import (
 )
 from bagnet_lib.blackout.sweep import PAPER_FRACS, LogitCache, per_image_scores
 from bagnet_lib.io import display_path, write_json
+from bagnet_lib.nets.adapt import adaptation_label
 from bagnet_lib.nets.metrics import bootstrap_ci, correct, cross_entropy, nll, spread
 from bagnet_lib.nets.models import build_model, model_label
 from bagnet_lib.nets.run import Run
@@ -42,11 +43,17 @@ BLACKOUT_ROWS = (
 )
 
 
-def _best_val(run: Run, model: str) -> dict:
-    """The best validation epoch's accuracy and loss (what the paper printed as "train")."""
+def _best_val(run: Run, model: str, metrics: dict) -> dict:
+    """The validation accuracy and loss of the network the course evaluates (what the paper printed as "train"):
+    the best validation epoch's, or that epoch's network adapted to the test size where it was (`nets.adapt`)."""
     hist = pd.read_csv(run.results / f"{model}_history.csv")
     best = hist.loc[hist["val_acc"].idxmax()]
-    return {"epoch": int(best["epoch"]), "acc": float(best["val_acc"]), "loss": float(best["val_loss"])}
+    out = {"epoch": int(best["epoch"]), "acc": float(best["val_acc"]), "loss": float(best["val_loss"])}
+    adapted = metrics.get("adapted")
+    if adapted and "val" in metrics:
+        out.update(acc=metrics["val"]["acc"], loss=metrics["val"]["loss"], before_adaptation=float(best["val_acc"]),
+                   adapted=adaptation_label(adapted))
+    return out
 
 
 def blackout_evidence(run: Run, bagnet: str = "bagnet33") -> dict:
@@ -83,8 +90,9 @@ def table1_rows(run: Run, metrics: dict, evidence: dict, blackout: list[dict] = 
     The paper's columns are always its BagNet-33 (it trained no other BagNet)."""
     out = []
     for m, paper_m in (("resnet50", "resnet50"), (bagnet, "bagnet33")):
-        label, bv, t = model_label(m), _best_val(run, m), metrics[m]["test"]
-        out.append({"setting": f"{label} (best validation epoch, {bv['epoch']})", "reading": "model",
+        label, bv, t = model_label(m), _best_val(run, m, metrics[m]), metrics[m]["test"]
+        how = f"best validation epoch, {bv['epoch']}" + (f"; {bv['adapted']}" if bv.get("adapted") else "")
+        out.append({"setting": f"{label} ({how})", "reading": "model",
                     "acc": bv["acc"], "loss": bv["loss"], "paper_acc": PAPER_TABLE1[paper_m]["train"]["acc"],
                     "paper_loss": PAPER_TABLE1[paper_m]["train"]["loss"], "split": "val"})
         out.append({"setting": label, "reading": "model", "acc": t["acc"], "acc_ci": t["acc_ci"], "loss": t["loss"],
@@ -166,8 +174,11 @@ def run_setting(run: Run, bagnet: str) -> dict:
     grid = geometry.grid_size(p.image_size, p.image_size)
     split = json.loads((run.run_dir / "run.json").read_text()).get("manifest")
     return {"pretrained": p.pretrained, "feature_extract": p.feature_extract, "image_size": p.image_size,
-            "train_crop": p.train_crop, "width": p.width, "epochs": {"resnet50": p.for_model("resnet50").epochs,
-                                                                    bagnet: p.for_model(bagnet).epochs},
+            "train_crop": {m: p.for_model(m).train_crop for m in ("resnet50", bagnet)},
+            "crop_scale": {m: [p.for_model(m).crop_scale_min, p.for_model(m).crop_scale_max] for m in ("resnet50", bagnet)},
+            "adaptation": {m: adaptation_label({"bn": p.for_model(m).adapt_bn, "epochs": p.for_model(m).adapt_epochs,
+                                                "image_size": p.image_size}) or None for m in ("resnet50", bagnet)},
+            "width": p.width, "epochs": {m: p.for_model(m).epochs for m in ("resnet50", bagnet)},
             "precision": p.precision, "grid": list(grid), "window_px": geometry.size,
             "split": "the paper's split (its manifest)" if split else "this project's split (duplicate-aware, seeded)",
             "n_train": int((run.split["split"] == "train").sum()), "n_val": int((run.split["split"] == "val").sum()),
@@ -186,7 +197,7 @@ def build_summary(run: Run, bagnet: str | None = None) -> dict:
                      "seed": run.seed, "n_test": metrics[bagnet]["test"]["n"], "setting": run_setting(run, bagnet)}
     for m, v in metrics.items():
         summary[m] = {"train": {k: v["train"][k] for k in ("acc", "loss")},
-                      "best_val": _best_val(run, m),
+                      "best_val": _best_val(run, m, v),
                       "test": {k: v["test"][k] for k in ("acc", "loss", "acc_ci", "loss_ci")},
                       "best_epoch": v["best_epoch"], "train_seconds": v["train_seconds"]}
     summary["blackout"] = blackout_summary(runs)
