@@ -35,7 +35,7 @@ help:
 	@echo "make test-fast   the quick lane: pytest without the tests marked slow (about 3 minutes)"
 	@echo "make test-browser  the blackout explorer in JupyterLab, driven in headless Chromium (needs chromium on PATH)"
 	@echo "make reproduce   create .venv, install, run notebooks 01-05 headless (PROFILE=$(PROFILE), RUN_DIR=$(RUN_DIR), BAGNET=$(BAGNET))"
-	@echo "make seeds       after make reproduce: the course again with training seeds $(SEEDS) beside $(RUN_DIR), the seed table in its report (about 54 min a seed at the cpu profile on 2 cores; resumable)"
+	@echo "make seeds       after make reproduce: the course again with training seeds $(SEEDS) beside $(RUN_DIR), the seed table in its report (a whole course per seed: its measured time is in docs/performance.md; resumable)"
 	@echo "make seeds-gather  the seed table from $(RUN_DIR)-seedN directories run on other machines and copied here"
 	@echo "make imagenet    the blackout study on ImageNet validation with the published $(BAGNET) (IMAGENET_VAL=DIR; docs/imagenet.md)"
 	@echo "make lab         open JupyterLab in this environment"

@@ -55,6 +55,23 @@ def test_recalibration_sets_the_first_batchnorm_to_the_mean_of_its_inputs_and_ch
     assert not torch.equal(after["bn1.running_var"], before["bn1.running_var"])
 
 
+def test_recalibration_on_images_sorted_by_brightness_still_sees_their_whole_spread(train_data):
+    """A split lists its images class by class: batches taken in that order each have their own mean, and the
+    average of their variances misses the spread between them. The random order keeps it."""
+    images = eval_batch(train_data, SIZE)
+    images = images[images.float().mean(dim=(1, 2, 3)).argsort()]  # dark to bright: every batch alike inside
+    model = _model().eval()
+    recalibrate_batchnorm(model, images, batch_size=8, precision="fp32")
+    flipped = images.clone()
+    flipped[0::2] = flipped[0::2].flip(-1)
+    with torch.no_grad():
+        whole = model.conv1(normalize(flipped)).var(dim=(0, 2, 3))
+        in_order = torch.stack([model.conv1(normalize(b)).var(dim=(0, 2, 3)) for b in flipped.split(8)]).mean(0)
+    ratio = (model.bn1.running_var / whole).median().item()
+    assert 0.85 < ratio < 1.15, ratio
+    assert (in_order / whole).median().item() < ratio - 0.05  # what the sorted order would have given
+
+
 def test_head_finetuning_trains_the_classifier_and_the_last_batchnorm_only_and_repeats_exactly(train_data):
     p = get_profile("smoke", image_size=SIZE, batch_size=8, lr=0.05, precision="fp32")
     images = eval_batch(train_data, SIZE)

@@ -79,6 +79,13 @@ def test_every_notebook_ran_without_error_cells(smoke_run):
         assert not errors, (name, errors[:1])
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and "PROFILE = \"smoke\"" in injected[0].source
+        # the library's figures are shown as PNGs, not as "<Figure size …>" (a reader of the executed notebook sees them)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        figures_as_text = [o for o in outputs if "<Figure size" in str(o.get("data", {}).get("text/plain", ""))
+                           and "image/png" not in o.get("data", {})]
+        assert not figures_as_text, (name, figures_as_text[:1])
+        if name[:2] in {"01", "02", "03", "04"}:
+            assert any("image/png" in o.get("data", {}) for o in outputs), name
 
 
 @pytest.mark.slow

@@ -77,6 +77,27 @@ def test_update_readme_rewrites_only_its_marked_blocks(tmp_path):
     assert update_readme(readme, _summary(), TIMINGS) and readme.read_text() == text  # idempotent
 
 
+def test_each_networks_training_crop_and_adaptation_are_named_in_the_setting_and_the_readme(tmp_path):
+    from bagnet_lib.writeup.report import setting_table
+
+    summary = _summary()
+    summary["setting"].update(image_size=224, grid=[24, 24], window_px=33, pretrained=False, feature_extract=False,
+                              precision="bf16", n_train=2968, n_val=848, n_test=426,
+                              train_crop={"resnet50": 128, "bagnet33": 144},
+                              adaptation={"resnet50": "2 epochs of the head", "bagnet33": "2 epochs of the head"})
+    table = "\n".join(setting_table(summary))
+    assert "| 224 px, training crops ResNet-50 128 px, BagNet-33 144 px, 24×24 grid of 33 px windows |" in table
+    assert "| adapted to the test size after training | no (trained and tested at 224 px) | both networks: 2 epochs " \
+           "of the head, on the training images |" in table
+    summary["setting"]["adaptation"]["resnet50"] = None
+    assert "| BagNet-33: 2 epochs of the head, on the training images |" in "\n".join(setting_table(summary))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n<!-- timings:start -->\n<!-- timings:end -->\n")
+    assert update_readme(readme, summary, TIMINGS)
+    assert ("from scratch: 224 px (training crops ResNet-50 128 px, BagNet-33 144 px; BagNet-33 then 2 epochs of the "
+            "head), a 24×24 patch grid") in readme.read_text()
+
+
 def test_generated_blocks_are_found_in_the_docs_pages_beside_the_readme(tmp_path):
     from bagnet_lib.writeup.readme import update_block
 

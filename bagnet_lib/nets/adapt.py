@@ -6,7 +6,7 @@ statistics of every activation, so BatchNorm's running means and variances, meas
 longer fit the test images. Two cheap repairs, both at the test size on the *training* images:
 
 1. `recalibrate_batchnorm`: run the training images' evaluation view (Resize + CenterCrop at `image_size`,
-   every other image flipped) through the network in train mode without gradients, and keep the plain average
+   every other image flipped, in a random order) through the network in train mode without gradients, and keep the plain average
    of the batch statistics (`momentum=None`) instead of the training run's running average. One forward pass
    over the training split; no weight changes.
 2. `finetune_head`: then train the classifier and the last BatchNorm's scale and shift (the layer before the
@@ -47,9 +47,11 @@ def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, images: Tensor, batch_size: int, precision: str = "fp32",
-                          progress: bool = False) -> None:
+                          seed: int = 0, progress: bool = False) -> None:
     """Replace every BatchNorm's running mean and variance by their average over `images` (uint8, already at the
-    test size), computed in train mode without gradients. The weights do not change; the model ends in eval mode."""
+    test size), computed in train mode without gradients, in batches of a random order drawn from `seed`. The
+    order matters: a split lists its images class by class, and the average of per-batch variances of one-class
+    batches would miss the spread between the classes. The weights do not change; the model ends in eval mode."""
     layers = batchnorms(model)
     momenta = [bn.momentum for bn in layers]
     device = next(model.parameters()).device
@@ -59,7 +61,8 @@ def recalibrate_batchnorm(model: nn.Module, images: Tensor, batch_size: int, pre
     model.train()
     try:
         labels = torch.zeros(len(images), dtype=torch.long)
-        for x, _ in tqdm(eval_batches(_flip_every_other(images), labels, batch_size),
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        for x, _ in tqdm(eval_batches(_flip_every_other(images)[order], labels, batch_size),
                          total=math.ceil(len(images) / batch_size), desc="BatchNorm statistics", disable=not progress,
                          leave=False):
             with precision_scope(device, precision):
@@ -123,6 +126,7 @@ def adaptation_label(adapted: dict) -> str:
 def adapt_settings(profile: Profile, best: dict) -> dict:
     """What an adapted checkpoint depends on: the best checkpoint it starts from and the adaptation's settings."""
     return {"from_epoch": best["epoch"], "from_val_acc": best["val_acc"], "image_size": profile.image_size,
+            "bn_order": "random",
             "adapt_bn": profile.adapt_bn, "adapt_epochs": profile.adapt_epochs, "precision": profile.precision,
             "batch_size": profile.batch_size, "eval_batch_size": profile.eval_batch_size, "lr": profile.lr,
             "momentum": profile.momentum, "weight_decay": profile.weight_decay,
@@ -152,7 +156,7 @@ def adapt_step(model: nn.Module, train: ImageTensors, profile: Profile, best_che
             return path
     images = eval_batch(train, profile.image_size)
     if profile.adapt_bn:
-        recalibrate_batchnorm(model, images, profile.eval_batch_size, profile.precision, progress)
+        recalibrate_batchnorm(model, images, profile.eval_batch_size, profile.precision, seed, progress)
     losses = finetune_head(model, images, train.labels, profile, profile.adapt_epochs, seed, progress) \
         if profile.adapt_epochs else []
     model.eval()

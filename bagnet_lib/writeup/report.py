@@ -166,8 +166,12 @@ def adaptation_rows(s: dict, bagnet: str) -> list[str]:
     adapted = {m: a for m, a in (s.get("adaptation") or {}).items() if a}
     if not adapted:
         return []
-    return ["| adapted to the test size after training | no (trained and tested at 224 px) | "
-            + "; ".join(f"{model_label(m)}: {a}" for m, a in adapted.items()) + " (on the training images) |"]
+    if len(adapted) == len(s["adaptation"]) and len(set(adapted.values())) == 1:
+        what = f"both networks: {next(iter(adapted.values()))}"
+    else:
+        what = "; ".join(f"{model_label(m)}: {a}" for m, a in adapted.items())
+    return [f"| adapted to the test size after training | no (trained and tested at 224 px) | {what}, on the training "
+            "images |"]
 
 
 def _figures(names: list[str], available: set[str], figure_dir: str) -> list[str]:
