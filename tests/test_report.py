@@ -96,6 +96,10 @@ def test_each_networks_training_crop_and_adaptation_are_named_in_the_setting_and
     assert update_readme(readme, summary, TIMINGS)
     assert ("from scratch: 224 px (training crops ResNet-50 128 px, BagNet-33 144 px; BagNet-33 then 2 epochs of the "
             "head), a 24×24 patch grid") in readme.read_text()
+    summary["setting"]["adaptation"]["resnet50"] = "2 epochs of the head"
+    assert update_readme(readme, summary, TIMINGS)
+    assert ("from scratch: 224 px (training crops ResNet-50 128 px, BagNet-33 144 px; both networks then 2 epochs of "
+            "the head), a 24×24 patch grid") in readme.read_text()
 
 
 def test_generated_blocks_are_found_in_the_docs_pages_beside_the_readme(tmp_path):

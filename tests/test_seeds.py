@@ -82,7 +82,7 @@ def test_the_table_has_one_row_per_seed_and_the_spread_is_the_t_interval_over_se
 def test_runs_of_another_course_a_repeated_seed_or_an_unfinished_run_are_refused(tmp_path):
     base, dirs = _three_seeds(tmp_path)
     other = _summary(3, 0.8, 0.7, 0.0)
-    other["setting"]["image_size"] = 224
+    other["setting"]["image_size"] = REFERENCE["setting"]["image_size"] + 32  # another course: another test size
     odd = _run_dir(tmp_path, "cpu-seed3", other)
     with pytest.raises(UserError, match=r"cpu-seed3 is not the same course as .*`setting`"):
         S.collect([base, odd])

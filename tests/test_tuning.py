@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bagnet_lib.course.tuning import tune, tuning_table
+from bagnet_lib.course.tuning import replace_or_append, tune, tuning_table
 from bagnet_lib.errors import UserError
 from bagnet_lib.nets.profiles import parse_overrides
 
@@ -35,3 +35,13 @@ def test_a_tuning_run_is_recorded_and_tabled(synthetic_root, tmp_path, monkeypat
     assert len(json.loads(out.read_text())["runs"]) == 2
     table = tuning_table(json.loads(out.read_text()))
     assert table.count("| tiny run |") == 1 and f"{r['best_val_acc']:.3f} / {r['test_acc']:.3f} (" in table
+
+
+def test_a_remeasured_tuning_row_keeps_its_place_in_the_table():
+    runs = [{"run": "a", "model": "resnet50", "v": 1}, {"run": "b", "model": "resnet50", "v": 1},
+            {"run": "b", "model": "bagnet33", "v": 1}, {"run": "c", "model": "resnet50", "v": 1}]
+    new = replace_or_append(runs, {"run": "b", "model": "resnet50", "v": 2})
+    assert [(r["run"], r["model"], r["v"]) for r in new] == [("a", "resnet50", 1), ("b", "resnet50", 2),
+                                                           ("b", "bagnet33", 1), ("c", "resnet50", 1)]
+    assert replace_or_append(runs, {"run": "d", "model": "resnet50", "v": 1})[-1]["run"] == "d"
+    assert len(runs) == 4 and runs[1]["v"] == 1  # the input list is not modified

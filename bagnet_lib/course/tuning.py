@@ -52,9 +52,18 @@ def tune(name: str, overrides: dict, models: tuple[str, ...] = ("resnet50", "bag
         })
         book = json.loads(out.read_text()) if out.is_file() else {"what": f"tuning runs of the {profile} profile",
                                                                   "runs": []}
-        book["runs"] = [r for r in book["runs"] if not (r["run"] == name and r["model"] == model)] + records[-1:]
+        book["runs"] = replace_or_append(book["runs"], records[-1])
         write_json(out, book)
     return records
+
+
+def replace_or_append(runs: list[dict], record: dict) -> list[dict]:
+    """`runs` with the record of the same run name and model replaced where it stands (a re-measured row keeps its
+    place in the table, next to the rows it is read against), or `record` appended when it is new."""
+    same = [i for i, r in enumerate(runs) if r["run"] == record["run"] and r["model"] == record["model"]]
+    if not same:
+        return runs + [record]
+    return [record if i == same[0] else r for i, r in enumerate(runs) if i == same[0] or i not in same]
 
 
 def _history(run, model: str) -> dict:

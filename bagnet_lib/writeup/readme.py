@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bagnet_lib.io import write_text
 from bagnet_lib.nets.models import model_label
-from bagnet_lib.writeup.report import seed_table, table1, training_crops, verdict_lines
+from bagnet_lib.writeup.report import adaptation_phrase, seed_table, table1, training_crops, verdict_lines
 
 NOTEBOOK_LABELS = {"01_data_exploration.ipynb": "01 data", "02_train_resnet50.ipynb": "02 ResNet-50",
                    "03_train_bagnet.ipynb": "03 BagNet", "04_blackout_experiments.ipynb": "04 blackout",
@@ -23,7 +23,7 @@ def results_block(summary: dict, timings: dict | None = None) -> str:
     """The README's results section for a published run: Table 1, verdicts, the two key figures."""
     s, name, b = summary["setting"], summary["profile"], summary["bagnet"]
     minutes = f"{sum(timings.values()) / 60:.1f} min" if timings else "a time that was not recorded"
-    adapted = "; ".join(f"{model_label(m)} then {a}" for m, a in (s.get("adaptation") or {}).items() if a)
+    adapted = adaptation_phrase(s, " then ")
     crops = "; ".join(part for part in (training_crops(s, b, "training crops "), adapted) if part)
     crops = f" ({crops})" if crops else ""
     weights = "ImageNet-pretrained" if s["pretrained"] else "from scratch"

@@ -161,15 +161,22 @@ def training_crops(s: dict, bagnet: str, lead: str) -> str:
     return lead + ", ".join(f"{model_label(m)} {side} px" for m, side in crops.items())
 
 
-def adaptation_rows(s: dict, bagnet: str) -> list[str]:
-    """The setting table's row for the adaptation to the test size (`nets.adapt`), where there was one."""
+def adaptation_phrase(s: dict, joiner: str = ": ") -> str:
+    """What each network did after training to adapt to the test size (`nets.adapt`), once when both did the same
+    ("both networks: …"), "" when none did; `joiner` goes between a network's name and what it did."""
     adapted = {m: a for m, a in (s.get("adaptation") or {}).items() if a}
     if not adapted:
+        return ""
+    if len(adapted) == len(s["adaptation"]) > 1 and len(set(adapted.values())) == 1:
+        return f"both networks{joiner}{next(iter(adapted.values()))}"
+    return "; ".join(f"{model_label(m)}{joiner}{a}" for m, a in adapted.items())
+
+
+def adaptation_rows(s: dict, bagnet: str) -> list[str]:
+    """The setting table's row for the adaptation to the test size (`nets.adapt`), where there was one."""
+    what = adaptation_phrase(s)
+    if not what:
         return []
-    if len(adapted) == len(s["adaptation"]) and len(set(adapted.values())) == 1:
-        what = f"both networks: {next(iter(adapted.values()))}"
-    else:
-        what = "; ".join(f"{model_label(m)}: {a}" for m, a in adapted.items())
     return [f"| adapted to the test size after training | no (trained and tested at 224 px) | {what}, on the training "
             "images |"]
 
