@@ -18,14 +18,33 @@ from bagnet_lib.faults import fault_mid_write
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout (the package is installed editable)
 
 
+def _new_file_mode(path: Path) -> int:
+    """The permissions `path` keeps when rewritten: its own if it exists, else what `open` would give a new file
+    (0o666 less the umask). `mkstemp`'s 0o600 would hide results from the rest of a team on a shared machine."""
+    if path.exists():
+        return path.stat().st_mode & 0o7777
+    return 0o666 & ~_UMASK
+
+
+def _read_umask() -> int:
+    umask = os.umask(0o022)  # reading the umask means setting it: done once, at import, before any thread starts
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)` and move the result onto `path` with `os.replace` (atomic on POSIX)."""
+    """Call `write(tmp_path)` and move the result onto `path` with `os.replace` (atomic on POSIX), with the
+    permissions a plain write would leave."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _new_file_mode(path))
         fault_mid_write(Path(tmp), path)  # a test's named crash point; a no-op otherwise
         os.replace(tmp, path)
     finally:

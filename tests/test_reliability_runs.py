@@ -193,3 +193,19 @@ def test_same_seed_same_results_other_seed_other_masks(synthetic_root, tmp_path,
     split_three = pd.read_csv(tmp_path / "three" / "split.csv")
     assert not split_one.equals(split_three)  # the seed also draws the split
     assert _strip(three) != _strip(one)
+
+
+def test_an_atomic_write_leaves_the_permissions_a_plain_write_would(tmp_path):
+    """Not mkstemp's 0o600: a new file gets 0o666 less the umask (results readable by the team on a shared machine),
+    a rewritten file keeps its own mode."""
+    import os
+
+    from bagnet_lib.io import atomic_write
+
+    plain = tmp_path / "plain.csv"
+    plain.write_text("x")
+    new = atomic_write(tmp_path / "new.csv", lambda p: p.write_text("y"))
+    assert new.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    os.chmod(new, 0o640)
+    atomic_write(new, lambda p: p.write_text("z"))
+    assert new.stat().st_mode & 0o777 == 0o640 and new.read_text() == "z"
