@@ -141,3 +141,19 @@ def test_published_paths_say_nothing_of_this_machines_layout(monkeypatch, tmp_pa
     assert display_path(tmp_path / "synthetic0") == "<synthetic0>"
     monkeypatch.setenv("BAGNET_DATA", str(tmp_path))
     assert display_path(tmp_path) == "$BAGNET_DATA"
+
+
+def test_the_reports_course_time_names_the_notebooks_it_sums():
+    """Notebook 05 writes the report before its own time is known; the seed study rewrites it after."""
+    import json
+    from pathlib import Path
+
+    from bagnet_lib.writeup.report import render_report
+
+    summary = json.loads((Path(__file__).parents[1] / "results" / "cpu" / "summary.json").read_text())
+    four = {"01_data_exploration.ipynb": 60.0, "02_train_resnet50.ipynb": 600.0, "03_train_bagnet.ipynb": 1200.0,
+            "04_blackout_experiments.ipynb": 120.0}
+    assert "Notebooks 01–04 took 33.0 min." in render_report(summary, timings=four)
+    five = {**four, "05_writeup.ipynb": 30.0}
+    assert "Notebooks 01–05 took 33.5 min." in render_report(summary, timings=five)
+    assert " took " not in render_report(summary, timings=None).splitlines()[2]
