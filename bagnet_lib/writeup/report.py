@@ -204,8 +204,8 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
     lines = [f"# BagNet blackout: a reproduction report ({B})" + (" — SYNTHETIC-DATA RUN (not the flowers)"
                                                                    if synthetic else ""), ""]
     # the notebooks timed so far: 01–04 while notebook 05 writes the report, 01–05 when the seed study rewrites it
-    first, last = (min(timings)[:2], max(timings)[:2]) if timings else ("", "")
-    minutes = (f" Notebooks {first}–{last} took {sum(timings.values()) / 60:.1f} min." if timings else "")
+    minutes = (f" Notebooks {min(timings)[:2]}–{max(timings)[:2]} took {sum(timings.values()) / 60:.1f} min."
+               if timings else "")
     lines += [f"Profile `{summary['profile']}`, seed {summary['seed']}, data `{summary['data_dir']}`, "
               f"{summary['n_test']} test images.{minutes}", ""]
     if synthetic:
