@@ -223,7 +223,21 @@ def _evil_symlink(tar):
     tar.addfile(info)
 
 
-@pytest.mark.parametrize("extra", [_evil_dotdot, _evil_absolute, _evil_symlink], ids=["dotdot", "absolute", "symlink"])
+def _evil_fifo(tar):
+    info = tarfile.TarInfo("flower_photos/daisy/pipe.jpg")
+    info.type = tarfile.FIFOTYPE
+    tar.addfile(info)
+
+
+def _inner_hardlink(tar):  # points inside the archive: tarfile's filter alone would allow it, we refuse links
+    info = tarfile.TarInfo("flower_photos/daisy/again.jpg")
+    info.type = tarfile.LNKTYPE
+    info.linkname = "flower_photos/daisy/0_abc.jpg"
+    tar.addfile(info)
+
+
+@pytest.mark.parametrize("extra", [_evil_dotdot, _evil_absolute, _evil_symlink, _evil_fifo, _inner_hardlink],
+                         ids=["dotdot", "absolute", "symlink", "fifo", "hardlink"])
 def test_malicious_members_are_rejected(tmp_path, extra):
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)

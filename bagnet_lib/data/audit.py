@@ -343,22 +343,6 @@ def _walk(root: Path) -> tuple[list[str], list[tuple[str, str | None]], list[tup
     return classes, images, others
 
 
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
-
-
 def _near_pairs(bits: np.ndarray, max_distance: int, block: int = 1024) -> Iterable[tuple[int, int, int]]:
     """(i, j, distance) for i < j with Hamming distance <= max_distance, computed in row blocks."""
     n = len(bits)
@@ -488,16 +472,19 @@ def audit_dataset(
 
 
 def _duplicate_groups(scans: list[_Scan], near_threshold: int) -> tuple[list[list[int]], dict[tuple[int, int], int]]:
-    """Connected components (of size >= 2) of byte-identical or perceptually close files."""
+    """Connected components (of size >= 2) of byte-identical or perceptually close files: each group's members in
+    ascending order, the groups ordered by their smallest member."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     n = len(scans)
-    uf = _UnionFind(n)
+    edges: list[tuple[int, int]] = []
     first_with_hash: dict[str, int] = {}
     for i, s in enumerate(scans):
         assert s.sha256 is not None
-        if s.sha256 in first_with_hash:
-            uf.union(first_with_hash[s.sha256], i)
-        else:
-            first_with_hash[s.sha256] = i
+        first = first_with_hash.setdefault(s.sha256, i)
+        if first != i:
+            edges.append((first, i))
     pair_distance: dict[tuple[int, int], int] = {}
     if near_threshold >= 0:
         idx = [i for i, s in enumerate(scans) if s.bits is not None and not s.flat]
@@ -506,10 +493,12 @@ def _duplicate_groups(scans: list[_Scan], near_threshold: int) -> tuple[list[lis
             for a, b, d in _near_pairs(bits, near_threshold):
                 i, j = idx[a], idx[b]
                 pair_distance[(min(i, j), max(i, j))] = d
-                uf.union(i, j)
+                edges.append((i, j))
+    rows, cols = np.array(edges, dtype=np.int64).reshape(-1, 2).T
+    _, labels = connected_components(coo_matrix((np.ones(len(edges)), (rows, cols)), shape=(n, n)), directed=False)
     members: dict[int, list[int]] = {}
-    for i in range(n):
-        members.setdefault(uf.find(i), []).append(i)
+    for i, label in enumerate(labels.tolist()):  # ascending i: groups come out ordered by their smallest member
+        members.setdefault(label, []).append(i)
     return [m for m in members.values() if len(m) > 1], pair_distance
 
 

@@ -2,10 +2,11 @@
 
 Introduced in notebook 01. The archive (3,670 JPEGs in `flower_photos/<plural class>/*.jpg` plus
 `flower_photos/LICENSE.txt`) is streamed to a temporary file next to `dest`, checked against its
-SHA-256 *before* anything is extracted, extracted safely (no absolute paths, no `..`, no links or
-devices) into a temporary folder next to `dest` with the Kaggle class names (`roses` -> `rose`, ...),
-and only then renamed onto `dest`. An interrupted or failed run therefore never leaves half a
-dataset at `dest`, and nothing the user already had is deleted.
+SHA-256 *before* anything is extracted, extracted safely (`tarfile`'s "data" filter, run over every
+member before anything is written: no absolute paths, no `..`, no links or devices) into a temporary
+folder next to `dest` with the Kaggle class names (`roses` -> `rose`, ...), and only then renamed
+onto `dest`. An interrupted or failed run therefore never leaves half a dataset at `dest`, and nothing
+the user already had is deleted.
 
 Offline machines get a `UserError` at once, naming the alternatives (a Kaggle copy via
 `$BAGNET_DATA`, or the embedded synthetic dataset).
@@ -179,7 +180,7 @@ def _fetch(url: str, out, *, timeout: float, progress: bool) -> str:
 def _reason(exc: object) -> str:
     import socket
 
-    if isinstance(exc, TimeoutError) or type(exc).__name__ == "timeout":
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError since Python 3.10
         return "the connection timed out (no answer; this machine is probably offline)"
     if isinstance(exc, ConnectionRefusedError):
         return f"the connection was refused ({exc})"
@@ -192,18 +193,17 @@ def _download_failed(url: str, why: str) -> str:
     return f"Downloading the flowers dataset from {url} failed: {why}. Nothing was installed. " + _ALTERNATIVES
 
 
-def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
-    """Why extracting `member` would be unsafe, or None if it is a plain file or folder inside the root."""
-    name = member.name
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if name.startswith(("/", "\\")) or posix.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        return "absolute path"
-    if ".." in posix.parts:
-        return "path with '..'"
+def _refusal(member: tarfile.TarInfo, into: Path) -> str | None:
+    """Why `member` may not be extracted into `into`, or None. `tarfile`'s "data" filter refuses absolute paths,
+    paths that leave `into`, links that point out of it, and devices; stricter still, a leading '/' (which the
+    filter would only strip) and links of any kind are refused, as a flowers archive holds neither."""
+    try:
+        if tarfile.data_filter(member, str(into)).name != member.name:
+            return f"{member.name!r} has an absolute path"
+    except tarfile.FilterError as exc:
+        return str(exc)
     if member.issym() or member.islnk():
-        return "link"
-    if not (member.isfile() or member.isdir()):
-        return "special file (device, fifo, ...)"
+        return f"{member.name!r} is a link"
     return None
 
 
@@ -227,27 +227,19 @@ def _extract(archive: Path, into: Path, *, url: str, progress: bool) -> int:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             for m in members:  # refuse the whole archive if any member is unsafe, before writing anything
-                why = _unsafe_reason(m)
+                why = _refusal(m, into)
                 if why is not None:
                     raise UserError(
-                        f"The archive downloaded from {url} contains an unsafe member {m.name!r} ({why}); "
+                        f"The archive downloaded from {url} contains an unsafe member: {why}; "
                         "refusing to extract anything from it. Nothing was installed. Check that the URL "
                         "points at TensorFlow's flower_photos.tgz. " + _ALTERNATIVES
                     )
-            selected: list[tarfile.TarInfo] = []
-            for m in members:
-                target = _target_name(m)
-                if target is not None:
-                    selected.append(m.replace(name=target, mode=0o644) if hasattr(m, "replace")
-                                    else _renamed(m, target))
+            selected = [m.replace(name=target, mode=0o644) for m in members
+                        if (target := _target_name(m)) is not None]
             for cls in sorted({s.name.split("/")[0] for s in selected}):
                 (into / cls).mkdir()
-            data_filter = getattr(tarfile, "data_filter", None)
             for m in tqdm(selected, desc="extracting", unit="img", disable=not progress):
-                if data_filter is not None:
-                    tar.extract(m, into, filter="data")
-                else:  # Python without extraction filters: members were validated above
-                    tar.extract(m, into)
+                tar.extract(m, into, filter="data")
             return len(selected)
     except UserError:
         raise
@@ -256,15 +248,6 @@ def _extract(archive: Path, into: Path, *, url: str, progress: bool) -> int:
             f"The archive downloaded from {url} could not be extracted ({exc}); nothing was installed. "
             "Run the download again. " + _ALTERNATIVES
         ) from exc
-
-
-def _renamed(member: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
-    import copy
-
-    new = copy.copy(member)
-    new.name = name
-    new.mode = 0o644
-    return new
 
 
 def _publish(extract_dir: Path, dest: Path) -> None:
@@ -351,20 +334,19 @@ def _extract_tvtsplit(archive: Path, into: Path, *, url: str, progress: bool) ->
                 rest = parts[parts.index("flowers_tvtsplit") + 1:]
                 if not m.isfile() or len(rest) != 3 or rest[0] not in CS229_SPLITS or not is_image_name(rest[2]):
                     continue
-                why = _unsafe_reason(m)
-                if why is not None or rest[1] not in FLOWER_CLASSES:
-                    raise UserError(f"The archive from {url} holds an unexpected member {m.name!r} "
-                                    f"({why or 'unknown class'}); nothing was installed. " + _ALTERNATIVES)
+                why = _refusal(m, into) or (None if rest[1] in FLOWER_CLASSES else f"{m.name!r}: unknown class")
+                if why is not None:
+                    raise UserError(f"The archive from {url} holds an unexpected member ({why}); nothing was "
+                                    "installed. " + _ALTERNATIVES)
                 target = f"{rest[1]}/{rest[2]}"
                 if target in splits:
                     raise UserError(f"The archive from {url} holds {target} in two splits; nothing was installed.")
                 splits[target] = rest[0]
-                chosen.append(m.replace(name=target, mode=0o644) if hasattr(m, "replace") else _renamed(m, target))
+                chosen.append(m.replace(name=target, mode=0o644))
             for cls in sorted({t.split("/")[0] for t in splits}):
                 (into / cls).mkdir()
-            data_filter = hasattr(tarfile, "data_filter")  # Python without filters: members were checked above
             for m in tqdm(chosen, desc="extracting", unit="img", disable=not progress):
-                tar.extract(m, into, **({"filter": "data"} if data_filter else {}))
+                tar.extract(m, into, filter="data")
     except UserError:
         raise
     except (tarfile.TarError, EOFError, OSError) as exc:

@@ -178,7 +178,7 @@ def read_split(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Split file {path} does not exist. Create it first with "
-                        "`python -m bagnet_lib data split --out {path}` (or run notebook 01).")
+                        f"`python -m bagnet_lib data split --out {path}` (or run notebook 01).")
     df = pd.read_csv(path, dtype=str)
     if not {"path", "label", "split"} <= set(df.columns):
         raise UserError(f"Split file {path} needs the columns path,label,split; rebuild it with `data split`.")
