@@ -5,6 +5,8 @@ Runs on the shared flowers when present (with the paper's split), else on a smal
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 from bagnet_lib.course.record import read_records
 from bagnet_lib.course.runner import NOTEBOOK_DIR, NOTEBOOKS, OPTIONAL_NOTEBOOKS, NotebookFailed, reproduce
 from bagnet_lib.figures import registry
-from tests.conftest import PAPER_SPLIT, shared_flowers
+from tests.conftest import PAPER_SPLIT, ROOT, shared_flowers
 
 
 def test_committed_notebooks_carry_no_outputs_and_one_parameters_cell():
@@ -65,6 +67,44 @@ def smoke_run(tmp_path_factory, synthetic_root):
     return _course(tmp_path_factory, synthetic_root, "bagnet33")
 
 
+IMAGE_REF = re.compile(r'!\[[^\]]*\]\(([^)\s]+)\)|<img[^>]*\bsrc="([^"]+)"')
+
+
+def broken_images(path: Path) -> list[str]:
+    """Image links of a notebook (markdown cells, Markdown and HTML outputs) that do not resolve beside the file:
+    neither embedded (data:), nor on the web, nor a relative path to an existing file."""
+    nb = nbformat.read(path, as_version=4)
+    texts = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            texts.append(cell.source)
+        for out in cell.get("outputs", []):
+            texts += [out.get("data", {}).get(mime, "") for mime in ("text/markdown", "text/html")]
+    bad = []
+    for text in texts:
+        for m in IMAGE_REF.finditer(text if isinstance(text, str) else "".join(text)):
+            target = m.group(1) or m.group(2)
+            if target.startswith(("data:", "https://", "http://")):
+                continue
+            if Path(target).is_absolute() or not (path.parent / target).is_file():
+                bad.append(target)
+    return bad
+
+
+def test_broken_images_finds_a_link_that_points_nowhere(tmp_path):
+    (tmp_path / "here.png").write_bytes(b"png")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("![a](here.png) ![b](../runs/x/figures/gone.png)")])
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    assert broken_images(tmp_path / "n.ipynb") == ["../runs/x/figures/gone.png"]
+
+
+def test_the_published_notebooks_show_every_figure_they_link():
+    published = sorted((ROOT / "results").glob("*/notebooks/*.ipynb"))
+    assert published, "no published notebooks under results/<profile>/notebooks"
+    for path in published:
+        assert not broken_images(path), (path.relative_to(ROOT), broken_images(path))
+
+
 def _records(run_dir) -> dict[str, dict]:
     return {name[:2]: read_records(run_dir / "notebooks" / name) for name in NOTEBOOKS}
 
@@ -89,6 +129,23 @@ def test_every_notebook_ran_without_error_cells(smoke_run):
 
 
 @pytest.mark.slow
+def test_the_executed_notebooks_show_their_figures_with_the_run_directory_gone(smoke_run, tmp_path):
+    """What a reader of the executed notebooks sees, anywhere: every figure is embedded (05's report sections too)."""
+    run_dir, _, _ = smoke_run
+    for name in NOTEBOOKS:
+        shutil.copy(run_dir / "notebooks" / name, tmp_path / name)  # beside nothing of the run
+        assert not broken_images(tmp_path / name), (name, broken_images(tmp_path / name))
+        nb = nbformat.read(tmp_path / name, as_version=4)
+        assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs), name
+    five = nbformat.read(tmp_path / NOTEBOOKS[4], as_version=4)
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for c in five.cells if c.cell_type == "code"
+                    for o in c.outputs)
+    report = (run_dir / "REPORT.md").read_text()
+    for head in (line for line in report.splitlines() if line.startswith("## ") and line != "## More figures"):
+        assert shown.count(head) == 1, head  # each section of the report, once
+
+
+@pytest.mark.slow
 def test_results_json_has_the_expected_keys_and_sane_values(smoke_run):
     run_dir, timings, synthetic = smoke_run
     summary = json.loads((run_dir / "results" / "summary.json").read_text())
@@ -101,15 +158,21 @@ def test_results_json_has_the_expected_keys_and_sane_values(smoke_run):
     assert {("checkerboard", 0.5), ("raster", 0.5), ("random", 0.25), ("random", 0.5), ("random", 0.75)} <= paper
     assert {b["setting"] for b in summary["blackout"]} >= {"alternating", "random", "channel", "pixel"}
     verdicts = summary["verdicts"]
-    assert all(set(v) == {"claim", "reading", "verdict", "evidence", "caveat", "numbers"} for v in verdicts)
-    assert [(v["claim"][:3], v["reading"]) for v in verdicts] == [
-        ("(a)", "model"), ("(b)", "patch"), ("(b)", "channel"), ("(c)", "patch"), ("(c)", "channel"), ("(d)", "patch"),
-        ("(e)", "compute")]
-    assert verdicts[6]["verdict"] in ("supported", "not supported")
+    fields = {"claim", "reading", "verdict", "evidence", "caveat", "numbers"}
+    assert all(set(v) - {"measure"} == fields for v in verdicts)
+    assert [(v["claim"][:3], v["reading"], v.get("measure")) for v in verdicts] == [
+        ("(a)", "model", None), ("(b)", "patch", None), ("(b)", "channel", None), ("(c)", "patch", None),
+        ("(c)", "channel", None), ("(d)", "patch", "loss"), ("(d)", "patch", "accuracy"), ("(d)", "channel", "loss"),
+        ("(d)", "channel", "accuracy"), ("(e)", "compute, BagNet-33 only", None), ("(e)", "compute", None)]
+    assert all(v["verdict"] in ("supported", "not supported") for v in verdicts[9:])
     assert verdicts[0]["verdict"] == "not tested in the paper's setting"  # smoke trains from scratch
     assert all(v["verdict"] in ("supported", "not supported", "inconclusive") for v in verdicts[1:5])
-    assert verdicts[5]["verdict"].split(":")[0].split(",")[0] in ("supported", "not supported")
-    assert {"mean_fit", "accuracy_fit"} <= set(verdicts[5]["numbers"])
+    assert "at most 1 point lost" in verdicts[3]["claim"]  # (c) carries its tolerance
+    assert "feature channels of a network trained from scratch" in verdicts[4]["caveat"]
+    for v in verdicts[5:9]:  # (d): loss and accuracy, patches and channels, each against its null
+        assert v["verdict"].split(":")[0].split(";")[0].split(",")[0] in ("supported", "not supported")
+        assert [r["drop_frac"] for r in v["numbers"]["at"]] == [0.25, 0.5, 0.75] and "null_r2" in v["numbers"]
+    assert "mean_fit" in verdicts[5]["numbers"]
     frontier = pd.read_csv(run_dir / "results" / "frontier.csv")
     assert list(frontier.columns) == ["model", "method", "parameter", "gflops_per_image", "acc", "acc_ci_low",
                                       "acc_ci_high", "n_images", "pareto"]
@@ -160,7 +223,9 @@ def test_the_notebooks_record_the_numbers_the_run_wrote(smoke_run):
     assert four["n_configurations"] == written > 100 and four["bagnet"] == "bagnet33"
     assert set(four["experiments"]) == {"paper", "curve", "structured", "aggregations", "channel", "pixel"}
     assert four["n_frontier_points"] == len(pd.read_csv(run_dir / "results" / "frontier.csv")) and four["n_pareto"] >= 1
-    assert rec["05"]["verdicts"] == [[v["claim"][:3], v["reading"], v["verdict"]] for v in summary["verdicts"]]
+    assert rec["05"]["verdicts"] == [[v["claim"][:3], v["reading"], v.get("measure", ""), v["verdict"]]
+                                     for v in summary["verdicts"]]
+    assert rec["05"]["sections"][:4] == ["title", "question", "setting", "table1"] and "limitations" in rec["05"]["sections"]
     assert rec["05"]["test_acc"] == {m: summary[m]["test"]["acc"] for m in ("resnet50", "bagnet33")}
     assert rec["05"]["seeds"] == [0] and "seeds" not in summary  # no seed study in this run directory
 

@@ -1,4 +1,5 @@
-"""Channel masking, what the paper's code did: zero columns of `fc.weight` (the 2,048 feature channels).
+"""Channel masking, what the paper's code did: zero columns of `fc.weight` (the feature channels:
+2,048 in the published BagNet-33, 2,048 × width in this project's narrower networks).
 
 Introduced in notebook 04. A 0/1 vector multiplies the head's input channels; after global average pooling
 this removes feature channels at every position, and no spatial patch is removed. It runs on pooled
@@ -17,7 +18,7 @@ from torch import Tensor
 from bagnet_lib.blackout.masks import n_dropped
 from bagnet_lib.blackout.stream import SweepSums
 from bagnet_lib.blackout.sweep import PAPER_SETTINGS, LogitCache
-from bagnet_lib.nets.metrics import correct
+from bagnet_lib.nets.metrics import correct, nll
 
 
 def channel_mask(num_channels: int, kind: str = "random", drop_frac: float = 0.5,
@@ -38,7 +39,8 @@ def masked_logits(features: Tensor, masks: Tensor, fc_weight: Tensor, fc_bias: T
     every class): pooled features [B, C], masks [M, C]."""
     dev = features.device
     f, w = features.double(), fc_weight.to(dev, torch.float64)
-    return (f[None] * masks.to(dev, torch.float64)[:, None, :]) @ w.T + fc_bias.to(dev, torch.float64)
+    masked_w = masks.to(dev, torch.float64)[:, :, None] * w.T[None]  # [M, C, K]: cheaper than masking [M, B, C]
+    return f[None] @ masked_w + fc_bias.to(dev, torch.float64)
 
 
 def channel_masked_logits(cache: LogitCache, mask: Tensor) -> Tensor:
@@ -85,11 +87,20 @@ def channel_sweep(cache: LogitCache, settings: Sequence[tuple[str, float]] = PAP
     return engine.frame()[["kind", "drop_frac", "seed", "aggregation", "acc", "loss", "n_images", "kept_frac"]]
 
 
+def channel_scores(cache: LogitCache, kind: str, drop_fracs: Sequence[float], seeds: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Per-image correctness bool [F, M, N] and cross-entropy [F, M, N] under the paper's channel masks (`channel_sweep`'s
+    masks, image by image; seed 0 alone for `alternating`), for every fraction in `drop_fracs`."""
+    c = cache.features.shape[1]
+    rights, losses = [], []
+    for frac in drop_fracs:
+        masks = torch.stack([channel_mask(c, kind, float(frac), torch.Generator().manual_seed(int(seed)))
+                             for seed in (seeds if kind == "random" else [0])])
+        logits = masked_logits(cache.features, masks, cache.fc_weight, cache.fc_bias)  # [M, N, K]
+        rights.append(correct(logits, cache.labels))
+        losses.append(nll(logits, cache.labels))
+    return torch.stack(rights), torch.stack(losses)
+
+
 def channel_per_image(cache: LogitCache, kind: str, drop_frac: float, seeds: Sequence[int]) -> Tensor:
     """Per-image correctness [M, N] under the paper's channel masks (`channel_sweep`'s masks, image by image)."""
-    c = cache.features.shape[1]
-    rows = []
-    for seed in (seeds if kind == "random" else [0]):
-        m = channel_mask(c, kind, drop_frac, torch.Generator().manual_seed(int(seed)))
-        rows.append(correct(channel_masked_logits(cache, m), cache.labels))
-    return torch.stack(rows)
+    return channel_scores(cache, kind, [drop_frac], seeds)[0][0]

@@ -8,6 +8,7 @@ trained) unless told another.
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import torch
@@ -25,7 +26,7 @@ from bagnet_lib.nets.adapt import adaptation_label
 from bagnet_lib.nets.gradcam import grad_cam
 from bagnet_lib.nets.models import model_label
 from bagnet_lib.nets.run import Run
-from bagnet_lib.writeup.paper import PAPER_POINTS
+from bagnet_lib.writeup.paper import PAPER_POINTS_LABEL, paper_changes
 
 
 def _out(run: Run, name: str):
@@ -166,22 +167,30 @@ def training_figures(run: Run, model_name: str, n: int = 6) -> list[Figure]:
 def mechanism(run: Run, keep: torch.Tensor, index: int = 0, bagnet: str | None = None) -> Figure:
     """One test image's patch logits, a keep-mask, and the image logits `mean` and `zero` make of them (notebook 04)."""
     bagnet = run.bagnet(bagnet)
-    cache = cache_step(run, bagnet, "test", progress=False)
     image = eval_batch(run.tensors("test", progress=False), run.profile.image_size)[index]
+    x, logits, label = _mechanism_logits(run, keep, index, bagnet)
+    return plots.plot_mechanism(image, x[0], keep, logits, run.classes, label,
+                                _out(run, "04_mechanism.png"), title=f"{model_label(bagnet)}, test image {index}")
+
+
+def _mechanism_logits(run: Run, keep: torch.Tensor, index: int, bagnet: str):
+    """One test image's patch logits [1, K, H', W'], its image logits (all kept, `mean`, `zero`) and its label."""
+    cache = cache_step(run, bagnet, "test", progress=False)
     x = cache.patch_logits[index:index + 1].float()
     logits = {"all kept": aggregate(x)[0], "mean": aggregate(x, keep, "mean")[0], "zero": aggregate(x, keep, "zero")[0]}
-    return plots.plot_mechanism(image, x[0], keep, logits, run.classes, int(cache.labels[index]),
-                                _out(run, "04_mechanism.png"), title=f"{model_label(bagnet)}, test image {index}")
+    return x, logits, int(cache.labels[index])
+
+
+def _paper_panels(run: Run, seed: int, bagnet: str | None) -> dict[str, torch.Tensor]:
+    h, w = cache_step(run, run.bagnet(bagnet), "test", progress=False).grid
+    return {"alternating: raster (a spatial\nanalogue of the code's parity)": make_mask("raster", h, w),
+            **{f"random {int(f * 100)}% dropped": make_mask("random", h, w, f, seed) for f in (0.75, 0.5, 0.25)}}
 
 
 def paper_masks(run: Run, index: int = 0, seed: int = 0, bagnet: str | None = None) -> Figure:
     """The paper's Fig. 4: alternating and random 75/50/25 % blackout on one test image."""
-    cache = cache_step(run, run.bagnet(bagnet), "test", progress=False)
-    h, w = cache.grid
     image = eval_batch(run.tensors("test", progress=False), run.profile.image_size)[index]
-    panels = {"alternating: raster (a spatial\nanalogue of the code's parity)": make_mask("raster", h, w),
-              **{f"random {int(f * 100)}% dropped": make_mask("random", h, w, f, seed) for f in (0.75, 0.5, 0.25)}}
-    return plots.plot_blackout_masks(image, panels, _out(run, "04_blackout_masks.png"))
+    return plots.plot_blackout_masks(image, _paper_panels(run, seed, bagnet), _out(run, "04_blackout_masks.png"))
 
 
 def mask_accuracy(run: Run) -> Figure:
@@ -191,17 +200,23 @@ def mask_accuracy(run: Run) -> Figure:
 
 
 def drop_curve(run: Run) -> Figure:
-    """Accuracy and loss from 0 to 95 % dropped, `mean` vs `zero`, with the paper's points."""
-    return plots.plot_drop_curve(blackout_runs(run, ("curve",)), _out(run, "04_drop_curve.png"), PAPER_POINTS)
+    """Accuracy and loss from 0 to 95 % dropped, `mean` vs `zero`, as changes from all patches kept, with the paper's
+    points as changes from its own all-kept BagNet-33."""
+    return plots.plot_drop_curve(blackout_runs(run, ("curve",)), _out(run, "04_drop_curve.png"), paper_changes(),
+                                 paper_label=PAPER_POINTS_LABEL)
 
 
 def blackout_kinds(run: Run, bagnet: str | None = None) -> Figure:
     """Patch-logit vs channel (the paper's code) vs pixel blackout, the BagNet and ResNet-50."""
     bagnet = run.bagnet(bagnet)
-    baselines = {m: json.loads((run.results / f"{m}_metrics.json").read_text())["test"]["acc"]
-                 for m in ("resnet50", bagnet)}
     return plots.plot_blackout_kinds(blackout_runs(run, ("paper", "channel", "pixel")),
-                                     _out(run, "04_blackout_kinds.png"), baselines=baselines, bagnet=bagnet)
+                                     _out(run, "04_blackout_kinds.png"), baselines=_baselines(run, bagnet), bagnet=bagnet,
+                                     paper=paper_changes(), paper_label=PAPER_POINTS_LABEL)
+
+
+def _baselines(run: Run, bagnet: str) -> dict[str, float]:
+    """Each network's test accuracy with nothing dropped."""
+    return {m: json.loads((run.results / f"{m}_metrics.json").read_text())["test"]["acc"] for m in ("resnet50", bagnet)}
 
 
 def structured(run: Run) -> Figure:
@@ -224,3 +239,57 @@ def explorer(run: Run, max_images: int = 50, bagnet: str | None = None):
     cache = cache_step(run, run.bagnet(bagnet), "test", progress=False)
     images = eval_batch(run.tensors("test", progress=False), run.profile.image_size)
     return BlackoutExplorer(cache, images, run.classes, max_images=max_images)
+
+
+def finding(run: Run, name: str, bagnet: str | None = None, *, keep: torch.Tensor | None = None, index: int = 0,
+            seed: int = 0) -> str:
+    """The one sentence notebook 04 prints under its figure `name` (a registry name): what the figure shows, in this
+    run's numbers (`plots.describe_*`). `04_mechanism.png` needs the mask `keep` and the image `index`,
+    `04_blackout_masks.png` the random masks' `seed`; the explorer's sentence is its state's `text`."""
+    bagnet = run.bagnet(bagnet)
+    if name == "04_mechanism.png":
+        if keep is None:
+            raise ValueError("the mechanism's finding needs the mask: finding(run, '04_mechanism.png', keep=keep, "
+                             "index=...)")
+        _, logits, label = _mechanism_logits(run, keep, index, bagnet)
+        return plots.describe_mechanism(logits, label, run.classes, int(keep.sum()), keep.numel(), index)
+    if name == "04_blackout_masks.png":
+        return plots.describe_paper_masks(_paper_panels(run, seed, bagnet), index, seed)
+    if name == "04_mask_accuracy.png":
+        return plots.describe_mask_accuracy(blackout_runs(run, ("paper",)))
+    if name == "04_drop_curve.png":
+        return plots.describe_drop_curve(blackout_runs(run, ("curve",)), paper_changes())
+    if name == "04_blackout_kinds.png":
+        return plots.describe_blackout_kinds(blackout_runs(run, ("paper", "channel", "pixel")), _baselines(run, bagnet),
+                                             bagnet, paper_changes())
+    if name == "04_structured.png":
+        return plots.describe_structured(blackout_runs(run, ("paper", "structured")))
+    if name == "04_aggregations.png":
+        return plots.describe_aggregations(blackout_runs(run, ("paper", "aggregations")))
+    if name == "04_frontier.png":
+        return plots.describe_frontier(pd.read_csv(run.results / "frontier.csv"))
+    raise ValueError(f"no finding for {name!r}: notebook 04's figures are {', '.join(FINDINGS)}")
+
+
+FINDINGS = ("04_mechanism.png", "04_blackout_masks.png", "04_mask_accuracy.png", "04_drop_curve.png",
+            "04_blackout_kinds.png", "04_structured.png", "04_aggregations.png", "04_frontier.png")
+
+
+# ----------------------------------------------------------------------------------- 05
+IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def show_report_section(run: Run, text: str) -> None:
+    """Display one section of REPORT.md (`report.run_report_sections`) in the notebook: its Markdown as Markdown and
+    each figure it links (relative to the run directory) as an embedded PNG, so the executed notebook shows every
+    figure wherever it is opened, the run directory gone or not (notebook 05)."""
+    from IPython.display import Image, Markdown, display
+
+    pos = 0
+    for link in IMAGE_LINK.finditer(text):
+        if text[pos:link.start()].strip():
+            display(Markdown(text[pos:link.start()]))
+        display(Image(filename=str(run.run_dir / link.group(1))))
+        pos = link.end()
+    if text[pos:].strip():
+        display(Markdown(text[pos:]))

@@ -8,16 +8,22 @@ all it reads. This module writes REPORT.md and nothing else.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 from bagnet_lib.blackout.study import find
 from bagnet_lib.figures.registry import caption, order, registered
 from bagnet_lib.io import write_text
 from bagnet_lib.nets.models import model_label
 from bagnet_lib.nets.run import Run
-from bagnet_lib.writeup.paper import BAGNET_PAPER_URL, BAGNET_TITLE, CS229_CODE_URL, CS229_TITLE
-from bagnet_lib.writeup.seeds import NUMBERS, VERDICTS
+from bagnet_lib.writeup.paper import (
+    BAGNET_PAPER_URL,
+    BAGNET_TITLE,
+    CS229_CODE_URL,
+    CS229_TITLE,
+    PAPER_GRID,
+    PAPER_IMAGE_SIZE,
+    PUBLISHED_CHANNELS,
+)
+from bagnet_lib.writeup.seeds import NUMBERS, verdict_name
 
 STRUCTURED_ROWS = (("center", "keep the centre, drop the outer ring"), ("border", "keep the border, drop the centre"),
                    ("topk", "keep the most confident patches (an oracle: ranked by the full-image prediction)"),
@@ -86,7 +92,9 @@ def verdict_lines(summary: dict, claims: str = "abcde") -> list[str]:
         if v["claim"][1] not in claims:
             continue
         caveat = f" *Caveat:* {v['caveat']}." if v.get("caveat") else ""
-        out.append(f"- **{v['claim']}** — reading `{v['reading']}`: **{v['verdict']}**. {v['evidence']}.{caveat}")
+        over = v.get("numbers", {}).get("seed_verdict")
+        seeds = f" (this seed; over the {len(v['numbers']['seed_changes'])} training seeds: **{over}**)" if over else ""
+        out.append(f"- **{v['claim']}** — reading `{v['reading']}`: **{v['verdict']}**{seeds}. {v['evidence']}.{caveat}")
     return out
 
 
@@ -119,8 +127,8 @@ def seed_table(summary: dict) -> list[str]:
                                         for c in SEED_COLUMNS) + " |")
     lines.append("| 95% CI (t, seeds) | " + " | ".join(
         "[" + ", ".join(cell(c, x) for x in sp["t_ci"][c]) + "]" for c in SEED_COLUMNS) + " |")
-    shared = "; ".join(f"{VERDICTS[c][0]} {VERDICTS[c][1]}: {v}" for c, v in sp["verdicts_shared"].items())
-    differ = "; ".join(f"{VERDICTS[c][0]} {VERDICTS[c][1]}: " + ", ".join(f"seed {s} {v}" for s, v in by_seed.items())
+    shared = "; ".join(f"{verdict_name(c)}: {v}" for c, v in sp["verdicts_shared"].items())
+    differ = "; ".join(f"{verdict_name(c)}: " + ", ".join(f"seed {s} {v}" for s, v in by_seed.items())
                        for c, by_seed in sp["verdicts_differ"].items())
     lines += ["", f"Test accuracy and, for a blackout, its change from the same network with nothing dropped (masked − "
               f"all kept, mean over masks; patch: {B}'s patch logits left out of the mean; channel: `fc.weight` columns "
@@ -181,6 +189,11 @@ def adaptation_rows(s: dict, bagnet: str) -> list[str]:
             "images |"]
 
 
+def channel_count(setting: dict) -> int:
+    """The feature channels of the last layer (the `fc` input) of this run's networks: the published 2,048 × width."""
+    return int(round(PUBLISHED_CHANNELS * setting["width"]))
+
+
 def _figures(names: list[str], available: set[str], figure_dir: str) -> list[str]:
     lines = []
     for name in names:
@@ -189,16 +202,27 @@ def _figures(names: list[str], available: set[str], figure_dir: str) -> list[str
     return lines
 
 
-def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir: str = "figures",
-                  timings: dict | None = None) -> str:
-    """REPORT.md in the write-up's order; `figures` are the PNG names the run made, `timings` the runner's."""
+SECTIONS = ("title", "question", "setting", "table1", "claim_a", "claims_bc", "claim_d", "structured", "claim_e",
+            "limitations", "next", "more_figures")
+
+
+def report_sections(summary: dict, figures: list[str] | set[str] = (), figure_dir: str = "figures",
+                    timings: dict | None = None) -> dict[str, str]:
+    """REPORT.md as named sections in the write-up's order (`SECTIONS`; a section without content is left out):
+    notebook 05 shows them one by one, `render_report` joins them. `figures` are the PNG names the run made,
+    `timings` the runner's."""
     available, b = {n for n in figures if registered(n)}, summary["bagnet"]
     B = model_label(b)
     embedded: list[str] = []
+    sections: dict[str, str] = {}
 
     def fig(*names: str) -> list[str]:
         embedded.extend(names)
         return _figures(list(names), available, figure_dir)
+
+    def close(name: str, lines: list[str]) -> None:
+        if any(line.strip() for line in lines):
+            sections[name] = "\n".join(lines).strip("\n") + "\n"
 
     synthetic = summary["synthetic_data"]
     lines = [f"# BagNet blackout: a reproduction report ({B})" + (" — SYNTHETIC-DATA RUN (not the flowers)"
@@ -211,6 +235,8 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
     if synthetic:
         lines += ["> **These numbers come from the embedded synthetic dataset** (no real flowers were found). "
                   "They exercise the pipeline and say nothing about the paper's claims.", ""]
+    close("title", lines)
+    lines = []
     lines += ["## The question", "",
               f"The Stanford CS229 project report of Zou, Yan and Liu, *{CS229_TITLE}* ([code]({CS229_CODE_URL})), "
               "trains ResNet-50 and BagNet-33 on five classes of flowers. BagNet-33 (Brendel & Bethge, "
@@ -220,12 +246,14 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
               "to save computation. Its text drops patches; its code zeroed feature channels of the last layer. Each "
               "claim below is tested in every reading that applies: `patch` (patch logits left out of the mean), "
               "`channel` (columns of `fc.weight` zeroed, what the code did), `model` (no blackout) and `compute` "
-              "(FLOPs per image).", "",
-              "## What this run did differently", ""] + setting_table(summary) + [""]
+              "(FLOPs per image).", ""]
+    close("question", lines)
+    lines = ["## What this run did differently", ""] + setting_table(summary) + [""]
     if summary.get("leakage"):
         lines += [summary["leakage"], ""]
     lines += fig("01_split_counts.png")
-    lines += ["## Table 1, next to the paper's", ""] + table1(summary)
+    close("setting", lines)
+    lines = ["## Table 1, next to the paper's", ""] + table1(summary)
     lines += ["", "Reading `model`: no blackout; `patch`: patch logits dropped before the mean (`mean` aggregation); "
               "`channel`: columns of `fc.weight` zeroed (the paper's code, which has no spatial grid: its alternating "
               "is index parity over channels; checkerboard and raster are this project's spatial analogues). The "
@@ -236,12 +264,14 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
               "paper's random 75% column repeats its 50% column (most likely a copy error); its Table 1 cannot be "
               "traced to one published run.", ""]
     lines += fig("02_resnet50_history.png", f"03_{b}_history.png")
-    lines += [f"## Claim (a): is {B} comparable to ResNet-50?", ""] + verdict_lines(summary, "a") + [""]
+    close("table1", lines)
+    lines = [f"## Claim (a): is {B} comparable to ResNet-50?", ""] + verdict_lines(summary, "a") + [""]
     if summary.get("seeds"):
         n = summary["seeds"]["spread"]["n"]
         lines += [f"### How much is luck? {n} training seeds", ""] + seed_table(summary) + [""]
     lines += fig("02_resnet50_confusion.png", f"03_{b}_confusion.png")
-    lines += ["## Claims (b) and (c): blackout at the paper's settings", "",
+    close("claim_a", lines)
+    lines = ["## Claims (b) and (c): blackout at the paper's settings", "",
               "Test accuracy, mean over masks (pixel blackout: over seeds), and in brackets the change from the same "
               "model with nothing dropped: the models start from different accuracies, so compare the changes.", "",
               "| blackout | model | aggregation | 25% | 50% | 75% |", "| --- | --- | --- | --- | --- | --- |"]
@@ -264,17 +294,24 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
                   "logits."]
     lines += [""] + verdict_lines(summary, "bc") + [""]
     lines += fig("04_blackout_masks.png", "04_mask_accuracy.png", "04_blackout_kinds.png")
+    close("claims_bc", lines)
+    lines = []
     if summary.get("drop_curve"):
         lines += [f"## Claim (d): what dropping patches does to accuracy and loss ({B}, random patch masks)", "",
                   "Each row: the same random masks scored with the dropped patch logits left out of the mean (`mean`) "
                   "and set to 0 (`zero`); the bracket is where 95 % of the masks lie. Every 5 % is in "
-                  "`summary.json` and the figure.", ""]
+                  "`summary.json` and the figure. Each verdict compares a curve with its subsampling null "
+                  "(`blackout.nulls`): what averaging a random subset of the bag does to each image, computed from "
+                  "that image's own patch logits (or channel contributions), with nothing fitted.", ""]
         lines += drop_curve_table(summary["drop_curve"], b) + [""] + verdict_lines(summary, "d") + [""]
         lines += fig("04_drop_curve.png")
-    lines += ["## Which patches matter (the paper's future work; no claim tested)", "",
+    close("claim_d", lines)
+    lines = ["## Which patches matter (the paper's future work; no claim tested)", "",
               f"{B}, patch logits, `mean` aggregation, test accuracy: patches dropped by position or by confidence, "
               "next to random masks at the same fraction.", ""] + structured_table(summary["blackout"], b) + [""]
     lines += fig("04_structured.png", "04_aggregations.png")
+    close("structured", lines)
+    lines = []
     if summary.get("frontier"):
         c = summary["frontier_costs"]
         lines += ["## Claim (e): could blackout save computation?", "",
@@ -290,8 +327,11 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
                   "BagNet are measured by `python -m bagnet_lib bench sparse` (`results/bench/sparse.json`).", ""]
         lines += frontier_table(summary["frontier"]) + [""] + verdict_lines(summary, "e") + [""]
         lines += fig("04_frontier.png")
+    close("claim_e", lines)
     study = (summary.get("seeds") or {}).get("spread")
-    lines += ["## Limitations", "",
+    setting = summary["setting"]
+    channels = channel_count(setting)
+    lines = ["## Limitations", "",
               (f"- {study['n']} training seeds per network (the seed table under claim (a)); every other section shows "
                f"seed {summary['seed']} alone, and its intervals cover test images and masks, not training runs." if study
                else "- One training run per network (the seed above): no interval here covers a second training run, "
@@ -299,36 +339,52 @@ def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir:
               "- " + ("ImageNet-pretrained backbones, as in the paper." if summary["pretrained"] else
                       "Trained from scratch on about 3,000 images, unlike the paper's ImageNet-pretrained backbones: "
                       "absolute accuracies are not expected to match, and claim (a) tests a different comparison."),
-              f"- {summary['setting']['image_size']} px and a {summary['setting']['grid'][0]}×"
-              f"{summary['setting']['grid'][1]} patch grid, where the paper had 224 px and 24×24: the blackout "
-              "curves depend on how many patches there are.",
+              *([f"- {setting['image_size']} px and a {setting['grid'][0]}×{setting['grid'][1]} patch grid, where "
+                 f"the paper had {PAPER_IMAGE_SIZE} px and {PAPER_GRID}×{PAPER_GRID}: the blackout curves depend on "
+                 "how many patches there are."] if (setting["image_size"], *setting["grid"]) !=
+                (PAPER_IMAGE_SIZE, PAPER_GRID, PAPER_GRID) else []),
+              *([f"- Width {setting['width']}: the last layer has {channels:,} feature channels where the published "
+                 f"networks have {PUBLISHED_CHANNELS:,}, so the channel reading masks other, fewer features than the "
+                 "paper's code did."] if channels != PUBLISHED_CHANNELS else []),
               f"- {summary['n_test']} test images bound every interval (a 95 % interval on accuracy is several points "
               "wide), and duplicates across the split (above) inflate test accuracy a little.",
-              "- The paper's Table 1 cannot be traced to one published run; its numbers are compared as printed.", "",
-              "## What to do next", "",
+              "- The paper's Table 1 cannot be traced to one published run; its numbers are compared as printed.", ""]
+    close("limitations", lines)
+    lines = ["## What to do next", "",
               "- Run the `paper` profile where ImageNet weights can be downloaded, to test the claims in the paper's "
               "own setting.",
               *([] if study else ["- Train with several seeds (`make seeds`) to separate the architecture from the "
                                   "luck of one run."]),
               "- Change `BAGNET` in notebook 03 to `bagnet17` or `bagnet9`: smaller windows make sparse evaluation "
               "cheaper and the drop curve steeper or flatter (the frontier shows both).", ""]
+    close("next", lines)
+    lines = []
     rest = sorted((n for n in available if n not in embedded), key=order)
     if rest:
         lines += ["## More figures", ""] + _figures(rest, available, figure_dir)
-    return "\n".join(lines)
+    close("more_figures", lines)
+    return sections
 
 
-def write_report(run: Run) -> str:
-    """Render RUN_DIR/REPORT.md from results/summary.json and the figures present (notebook 05); return it."""
+def render_report(summary: dict, figures: list[str] | set[str] = (), figure_dir: str = "figures",
+                  timings: dict | None = None) -> str:
+    """REPORT.md in the write-up's order; `figures` are the PNG names the run made, `timings` the runner's."""
+    return "\n".join(report_sections(summary, figures, figure_dir, timings).values())
+
+
+
+
+def run_report_sections(run: Run) -> dict[str, str]:
+    """The sections of a run's REPORT.md, from its results/summary.json, the figures present and the runner's
+    timings.json (figure links relative to the run directory): what notebook 05 shows and `write_report` writes."""
     summary = json.loads((run.results / "summary.json").read_text())
     timings_path = run.results / "timings.json"  # the runner's, written after each notebook
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else None
-    text = render_report(summary, {p.name for p in run.figures.glob("*.png")}, timings=timings)
+    return report_sections(summary, {p.name for p in run.figures.glob("*.png")}, timings=timings)
+
+
+def write_report(run: Run) -> str:
+    """Render RUN_DIR/REPORT.md (notebook 05): `run_report_sections` joined; return it."""
+    text = "\n".join(run_report_sections(run).values())
     write_text(run.run_dir / "REPORT.md", text)
     return text
-
-
-def report_markdown(run: Run, relative_to: str | Path = ".") -> str:
-    """REPORT.md with figure links relative to `relative_to` (e.g. the notebook's folder), for display."""
-    figs = os.path.relpath(run.figures, relative_to)
-    return (run.run_dir / "REPORT.md").read_text().replace("](figures/", f"]({figs}/")

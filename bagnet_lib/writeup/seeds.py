@@ -44,11 +44,34 @@ NUMBERS = {
     "loss_null_c": "(d) c",
     "bagnet_pareto_points": "BagNet points on the front",
 }
-# The verdicts compared across seeds: column → (claim prefix, reading).
-VERDICTS = {"verdict_a_model": ("(a)", "model"), "verdict_b_patch": ("(b)", "patch"),
-            "verdict_b_channel": ("(b)", "channel"), "verdict_c_patch": ("(c)", "patch"),
-            "verdict_c_channel": ("(c)", "channel"), "verdict_d_patch": ("(d)", "patch"),
-            "verdict_e_compute": ("(e)", "compute")}
+# The verdicts compared across seeds: column → (claim prefix, reading, measure; "" where a claim has one measure).
+VERDICTS = {"verdict_a_model": ("(a)", "model", ""), "verdict_b_patch": ("(b)", "patch", ""),
+            "verdict_b_channel": ("(b)", "channel", ""), "verdict_c_patch": ("(c)", "patch", ""),
+            "verdict_c_channel": ("(c)", "channel", ""), "verdict_d_patch_loss": ("(d)", "patch", "loss"),
+            "verdict_d_patch_accuracy": ("(d)", "patch", "accuracy"),
+            "verdict_d_channel_loss": ("(d)", "channel", "loss"),
+            "verdict_d_channel_accuracy": ("(d)", "channel", "accuracy"),
+            "verdict_e_within": ("(e)", "within", ""), "verdict_e_compute": ("(e)", "compute", "")}
+
+
+def verdict_key(verdict: dict) -> tuple[str, str, str]:
+    """(claim prefix, reading, measure) of a verdict, as `VERDICTS` names them (claim (e)'s BagNet-only reading is
+    "within")."""
+    reading = "within" if verdict["reading"].startswith("compute, ") else verdict["reading"]
+    return verdict["claim"][:3], reading, verdict.get("measure", "")
+
+
+def verdict_name(column: str) -> str:
+    """A verdict column of seeds.csv in words, e.g. "(d) patch, accuracy" (also a column of an older table)."""
+    if column in VERDICTS:
+        claim, reading, measure = VERDICTS[column]
+    else:  # verdict_<claim>_<reading>[_<measure>]
+        _, letter, reading, *rest = column.split("_")
+        claim, measure = f"({letter})", "_".join(rest)
+    reading = "compute, BagNet only" if reading == "within" else reading
+    return f"{claim} {reading}" + (f", {measure}" if measure else "")
+
+
 # What must be the same in every seed's run for the rows to be comparable.
 SAME = ("profile", "bagnet", "pretrained", "synthetic_data", "data_dir", "setting")
 
@@ -84,9 +107,9 @@ def _pixel_change(summary: dict, model: str, frac: float = 0.5) -> float:
 def seed_row(summary: dict, run_name: str, timings: dict | None = None) -> dict:
     """One seed's row of seeds.csv, from its run's summary.json (and the runner's timings.json)."""
     b = summary["bagnet"]
-    verdicts = {(v["claim"][:3], v["reading"]): v for v in summary["verdicts"]}
-    a = verdicts[("(a)", "model")]["numbers"]
-    d = verdicts.get(("(d)", "patch"), {}).get("numbers", {}).get("mean_fit", {})
+    verdicts = {verdict_key(v): v for v in summary["verdicts"]}
+    a = verdicts[("(a)", "model", "")]["numbers"]
+    d = verdicts.get(("(d)", "patch", "loss"), verdicts.get(("(d)", "patch", ""), {})).get("numbers", {}).get("mean_fit", {})
     frontier = summary.get("frontier") or []
     row = {"seed": summary["seed"], "run": run_name, "bagnet": b,
            "resnet50_test_acc": summary["resnet50"]["test"]["acc"], "bagnet_test_acc": summary[b]["test"]["acc"],
@@ -168,8 +191,9 @@ def spread_over_seeds(df: pd.DataFrame) -> dict:
         out["mean"][col], out["min"][col], out["max"][col] = float(v.mean()), float(v.min()), float(v.max())
         out["sd"][col] = float(v.std(ddof=1)) if v.size > 1 else 0.0
         out["t_ci"][col] = list(t_interval(v))
-    out["verdicts_shared"] = {col: df[col].iloc[0] for col in VERDICTS if df[col].nunique() == 1}
-    out["verdicts_differ"] = {col: {int(s): v for s, v in zip(df["seed"], df[col])} for col in VERDICTS
+    present = [col for col in VERDICTS if col in df]  # a table written before a verdict existed lacks its column
+    out["verdicts_shared"] = {col: df[col].iloc[0] for col in present if df[col].nunique() == 1}
+    out["verdicts_differ"] = {col: {int(s): v for s, v in zip(df["seed"], df[col])} for col in present
                               if df[col].nunique() > 1}
     return out
 

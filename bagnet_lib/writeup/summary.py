@@ -12,8 +12,10 @@ import json
 
 import numpy as np
 import pandas as pd
+import torch
 
-from bagnet_lib.blackout.channels import channel_per_image
+from bagnet_lib.blackout.channels import channel_masked_logits, channel_per_image, channel_scores
+from bagnet_lib.blackout.nulls import bag_members, channel_members, subsampling_null
 from bagnet_lib.blackout.study import (
     CURVE_FRACS,
     blackout_runs,
@@ -60,14 +62,17 @@ def blackout_evidence(run: Run, bagnet: str = "bagnet33") -> dict:
     """Per-image numbers behind Table 1 and the verdicts, recomputed from the run's logit cache.
 
     For every blackout row: per-mask accuracies and the per-image (accuracy over masks) − (all kept)
-    differences; for the drop curve: per-image loss and accuracy increases at each fraction, `mean` and
-    `zero`, and the temperature null of `zero`. The masks are the ones `blackout_step` used (same seeds).
+    differences; for the drop curve, per image at each fraction: loss increase and accuracy drop under random patch
+    masks (`mean` and `zero`) and under the paper's random channel masks (zeroed `fc.weight` columns), each next to
+    its subsampling null (`blackout.nulls`), and the temperature null of `zero`. The masks are the ones
+    `blackout_step` used (same seeds); the channel curve uses the drop curve's seeds.
     """
     cache = LogitCache.load(run.run_dir / "cache" / f"{bagnet}_test_logits.pt")
     seeds, curve_seeds = mask_seeds(run)
+    labels = cache.labels
     full_logits = cache.patch_logits.float().mean(dim=(2, 3))
-    full = correct(full_logits, cache.labels).numpy()
-    full_nll = nll(full_logits, cache.labels).numpy()
+    full = correct(full_logits, labels).numpy()
+    full_nll = nll(full_logits, labels).numpy()
     rows = {}
     for label, reading, kind, frac, _ in BLACKOUT_ROWS:
         if reading == "patch":
@@ -78,10 +83,21 @@ def blackout_evidence(run: Run, bagnet: str = "bagnet33") -> dict:
     curve_fracs = np.array([f for f in CURVE_FRACS if f > 0])
     c_mean, n_mean = per_image_scores(cache, "random", curve_fracs, curve_seeds, "mean")
     _, n_zero = per_image_scores(cache, "random", curve_fracs, curve_seeds, "zero")
-    temp = np.array([cross_entropy((1 - f) * full_logits.double(), cache.labels) for f in curve_fracs]) - full_nll.mean()
+    temp = np.array([cross_entropy((1 - f) * full_logits.double(), labels) for f in curve_fracs]) - full_nll.mean()
+    null_right, null_loss = subsampling_null(bag_members(cache.patch_logits), labels, curve_fracs, seed=run.seed)
+    ch_logits = channel_masked_logits(cache, torch.ones(cache.features.shape[1]))
+    ch_full, ch_full_nll = correct(ch_logits, labels).double().numpy(), nll(ch_logits, labels).numpy()
+    ch_right, ch_loss = channel_scores(cache, "random", curve_fracs, curve_seeds)
+    ch_null_right, ch_null_loss = subsampling_null(channel_members(cache.features, cache.fc_weight), labels,
+                                                   curve_fracs, bias=cache.fc_bias, aggregation="zero", seed=run.seed)
     return {"full": full, "full_nll": full_nll, "rows": rows, "curve_fracs": curve_fracs,
             "loss_mean": n_mean.double().mean(1).numpy() - full_nll, "loss_zero": n_zero.double().mean(1).numpy() - full_nll,
-            "acc_drop": full - c_mean.double().mean(1).numpy(), "temperature_null": temp}
+            "acc_drop": full - c_mean.double().mean(1).numpy(), "temperature_null": temp,
+            "null_loss_mean": null_loss - full_nll, "null_acc_drop": full - null_right,
+            "channel_loss": ch_loss.double().mean(1).numpy() - ch_full_nll,
+            "channel_acc_drop": ch_full - ch_right.double().mean(1).numpy(),
+            "channel_null_loss": ch_null_loss - ch_full_nll, "channel_null_acc_drop": ch_full - ch_null_right,
+            "channels": int(cache.features.shape[1])}
 
 
 def table1_rows(run: Run, metrics: dict, evidence: dict, blackout: list[dict] = (), bagnet: str = "bagnet33") -> list[dict]:
@@ -114,14 +130,21 @@ def table1_rows(run: Run, metrics: dict, evidence: dict, blackout: list[dict] = 
     return out
 
 
+def _seed_changes(seed_study: dict | None, column: str) -> dict[int, float] | None:
+    """One number per training seed of the seed study (a seeds.csv column), or None without a study."""
+    if not seed_study:
+        return None
+    return {int(r["seed"]): float(r[column]) for r in seed_study["rows"] if column in r and np.isfinite(float(r[column]))}
+
+
 def build_verdicts(run: Run, evidence: dict, predictions: dict[str, pd.DataFrame], bagnet: str = "bagnet33",
                    seed_study: dict | None = None) -> list[dict]:
-    """Each claim of the paper, in each reading that applies (see `verdicts`); claim (a) cites the seed study's
-    spread when there is one."""
+    """Each claim of the paper, in each reading that applies (see `verdicts`); claims (a) and (c) cite the seed
+    study's spread when there is one."""
     merged = predictions["resnet50"].merge(predictions[bagnet], on="path", suffixes=("_r", "_b"))
-    gaps = {int(r["seed"]): float(r["gap"]) for r in seed_study["rows"]} if seed_study else None
-    out = [V.claim_a(merged["correct_r"].to_numpy(), merged["correct_b"].to_numpy(), run.profile.pretrained, bagnet,
-                     seed_gaps=gaps)]
+    pretrained = run.profile.pretrained
+    out = [V.claim_a(merged["correct_r"].to_numpy(), merged["correct_b"].to_numpy(), pretrained, bagnet,
+                     seed_gaps=_seed_changes(seed_study, "gap"))]
     rows = evidence["rows"]
     r50 = {reading: rows[(reading, "random", 0.5)].mean(axis=1) for reading in ("patch", "channel")}
     out.append(V.claim_b({"checkerboard": float(rows[("patch", "checkerboard", 0.5)].mean()),
@@ -129,20 +152,28 @@ def build_verdicts(run: Run, evidence: dict, predictions: dict[str, pd.DataFrame
     out.append(V.claim_b({"channel index parity": float(rows[("channel", "alternating", 0.5)].mean())},
                          r50["channel"], "channel"))
     for reading in ("patch", "channel"):
-        out.append(V.claim_c(evidence["full"], rows[(reading, "random", 0.25)], reading))
-    out.append(V.claim_d(evidence["curve_fracs"], evidence["loss_mean"], evidence["loss_zero"],
-                         evidence["temperature_null"], evidence["acc_drop"]))
+        out.append(V.claim_c(evidence["full"], rows[(reading, "random", 0.25)], reading,
+                             seed_changes=_seed_changes(seed_study, f"{reading}_random25_change"),
+                             channels=evidence["channels"], pretrained=pretrained))
+    fracs = evidence["curve_fracs"]
+    half = int(np.argmin(np.abs(fracs - 0.5)))
+    zero_half = float(evidence["loss_zero"][half].mean())
+    share = float(evidence["temperature_null"][half] / zero_half) if zero_half > 0 else float("nan")
+    out.append(V.claim_d(fracs, evidence["loss_mean"], evidence["null_loss_mean"], "patch", "loss",
+                         temperature_share=share, loss_fit=V._bootstrap_fit(fracs, evidence["loss_mean"])))
+    out.append(V.claim_d(fracs, evidence["acc_drop"], evidence["null_acc_drop"], "patch", "accuracy"))
+    out.append(V.claim_d(fracs, evidence["channel_loss"], evidence["channel_null_loss"], "channel", "loss"))
+    out.append(V.claim_d(fracs, evidence["channel_acc_drop"], evidence["channel_null_acc_drop"], "channel", "accuracy"))
     frontier = frontier_data(run)
     if frontier is not None:
         points, correct, costs = frontier
+        out.append(V.claim_e(points, correct, costs, bagnet, within=True))
         out.append(V.claim_e(points, correct, costs, bagnet))
     return out
 
 
 def frontier_data(run: Run) -> tuple[list[dict], dict, dict] | None:
     """The accuracy–compute points of notebook 04 (results/frontier.csv), their per-image correctness and costs."""
-    import torch
-
     path = run.results / "frontier.csv"
     if not path.is_file():
         return None
