@@ -209,3 +209,40 @@ def test_an_atomic_write_leaves_the_permissions_a_plain_write_would(tmp_path):
     os.chmod(new, 0o640)
     atomic_write(new, lambda p: p.write_text("z"))
     assert new.stat().st_mode & 0o777 == 0o640 and new.read_text() == "z"
+
+
+def _tiny_folder(root: Path, per_class: int = 6) -> Path:
+    """A small real (non-synthetic) ImageFolder: distinct random images, two classes."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for cls in ("daisy", "rose"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (torch.rand(48, 48, 3, generator=gen) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_a_run_directory_keeps_its_split_and_manifest_none_false_and_a_path_mean_what_they_say(tmp_path, monkeypatch):
+    from bagnet_lib.course import pipeline
+
+    monkeypatch.setenv("BAGNET_NO_DOWNLOAD", "1")
+    data = _tiny_folder(tmp_path / "flowers")
+    rows = [f"{c}/{i}.png,{'train' if i < 4 else ('val' if i == 4 else 'test')}" for c in ("daisy", "rose") for i in range(6)]
+    manifest = tmp_path / "split.csv"
+    manifest.write_text("path,split\n" + "\n".join(rows) + "\n")
+    monkeypatch.setenv("BAGNET_MANIFEST", str(manifest))  # what `make lab` exports
+    by_env = pipeline.prepare_run(tmp_path / "env", "smoke", data, None, 0, progress=False)
+    assert json.loads((tmp_path / "env" / "run.json").read_text())["manifest"] == str(manifest)
+    assert sorted(by_env.split[by_env.split["split"] == "test"]["path"]) == ["daisy/5.png", "rose/5.png"]
+    own = pipeline.prepare_run(tmp_path / "own", "smoke", data, False, 0, progress=False)  # False: the project's split
+    assert json.loads((tmp_path / "own" / "run.json").read_text())["manifest"] is None
+    # None keeps what a run directory has; an explicit other split, or another seed, is refused in one paragraph
+    assert pipeline.prepare_run(tmp_path / "own", "smoke", data, None, 0, progress=False).split.equals(own.split)
+    with pytest.raises(UserError, match=r"made with this project's own split; this one asks for the split of .*split.csv"):
+        pipeline.prepare_run(tmp_path / "own", "smoke", data, manifest, 0, progress=False)
+    with pytest.raises(UserError, match="made with the split of .*; this one asks for this project's own split"):
+        pipeline.prepare_run(tmp_path / "env", "smoke", data, False, 0, progress=False)
+    with pytest.raises(UserError, match="seed 0; this one asks for 'smoke' and seed 1.*use another run directory"):
+        pipeline.prepare_run(tmp_path / "own", "smoke", data, None, 1, progress=False)

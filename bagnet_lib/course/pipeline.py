@@ -63,23 +63,40 @@ def choose_data(data_dir: str | Path | None, allow_synthetic: bool = True, try_d
     return generate_synthetic_dataset(synthetic_dir or PROJECT_ROOT / "data" / "synthetic", progress=progress), True
 
 
+def _same_manifest(a: str | None, b: str | None) -> bool:
+    return (a is None) == (b is None) and (a is None or Path(a).resolve() == Path(b).resolve())
+
+
 def prepare_run(run_dir: str | Path, profile: str | Profile = "cpu", data_dir: str | Path | None = None,
-                manifest: str | Path | None = None, seed: int = 0, allow_synthetic: bool = True,
+                manifest: str | Path | bool | None = None, seed: int = 0, allow_synthetic: bool = True,
                 progress: bool = True) -> Run:
     """Open (or create) a run directory: choose the data, audit it, write the split once.
 
-    `manifest` defaults to $BAGNET_MANIFEST (set by `make lab` and `make reproduce` to the paper's split
-    when the shared flowers are used), so notebooks run by hand give the same split as the runner.
+    `manifest`: a path,split CSV (e.g. the paper's split); `False` (or "") for this project's own split; `None` for
+    the run directory's own split if it exists, else $BAGNET_MANIFEST (set by `make lab` to the paper's split when
+    the shared flowers are used, so notebooks run by hand give the same split as `make reproduce`), else this
+    project's own split. A run directory keeps its split: asking an existing one for another is an error.
     """
     run_dir = Path(run_dir)
-    manifest = manifest or os.environ.get("BAGNET_MANIFEST") or None
+    explicit = manifest is not None
+    if manifest is None:
+        manifest = os.environ.get("BAGNET_MANIFEST")
+    manifest = str(manifest) if manifest else None  # False, "" and None: this project's own split
     profile = get_profile(profile) if isinstance(profile, str) else profile
     meta_path = run_dir / "run.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta["profile"]["name"] != profile.name or meta["seed"] != seed:
             raise UserError(f"{run_dir} holds a run with profile {meta['profile']['name']!r} and seed {meta['seed']}; "
-                            f"this one asks for {profile.name!r} and seed {seed}. Use another --run-dir.")
+                            f"this one asks for {profile.name!r} and seed {seed}. A run directory holds one course: "
+                            "use another run directory (RUN_DIR in a notebook, --run-dir on the command line), e.g. "
+                            f"{run_dir.parent / (run_dir.name + f'-seed{seed}')}.")
+        if explicit and not meta["synthetic"] and not _same_manifest(manifest, meta.get("manifest")):
+            had = f"the split of {meta['manifest']}" if meta.get("manifest") else "this project's own split"
+            wants = f"the split of {manifest}" if manifest else "this project's own split"
+            raise UserError(f"{run_dir} holds a run made with {had}; this one asks for {wants}. A run directory keeps "
+                            "the split it was made with: use another run directory (RUN_DIR, --run-dir), or "
+                            "MANIFEST = None to keep the one it has.")
         if data_dir is not None and Path(data_dir).resolve() != Path(meta["data_dir"]).resolve():
             raise UserError(f"{run_dir} was made with data {meta['data_dir']}, not {data_dir}. Use another --run-dir.")
         data, synthetic = Path(meta["data_dir"]), bool(meta["synthetic"])

@@ -11,6 +11,9 @@ BAGNET_TITLE = "Approximating CNNs with Bag-of-local-Features models works surpr
 BAGNET_PAPER_URL = "https://openreview.net/forum?id=SkfMWhAqYQ"
 BAGNET_CODE_URL = "https://github.com/wielandbrendel/bag-of-local-features-models"
 
+PAPER_IMAGE_SIZE, PAPER_GRID = 224, 24  # the paper's test images and BagNet-33's patch grid on them
+PUBLISHED_CHANNELS = 2048  # feature channels of the published ResNet-50 / BagNet-33's last layer (the `fc` input)
+
 PAPER_TABLE1 = {  # as printed in the paper (test; train where given)
     "resnet50": {"train": {"acc": 0.9211, "loss": 0.2517}, "test": {"acc": 0.9093, "loss": 0.2847}},
     "bagnet33": {"train": {"acc": 0.9288, "loss": 0.2799}, "test": {"acc": 0.8821, "loss": 0.3745}},
@@ -31,5 +34,3 @@ def paper_changes() -> dict[float, tuple[float, float]]:
     The paper's network starts elsewhere (pretrained, fine-tuned), so only its changes compare with this run's."""
     base = PAPER_TABLE1["bagnet33"]["test"]
     return {f: (acc - base["acc"], loss - base["loss"]) for f, (acc, loss) in sorted(PAPER_POINTS.items())}
-PAPER_IMAGE_SIZE, PAPER_GRID = 224, 24  # the paper's test images and BagNet-33's patch grid on them
-PUBLISHED_CHANNELS = 2048  # feature channels of the published ResNet-50 / BagNet-33's last layer (the `fc` input)
