@@ -93,8 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", choices=["cpu", "cuda"], default=None, help="imagenet: where the pass runs (default: CUDA "
                                                                              "when there is a GPU)")
     b.add_argument("--readme", default=None,
-                   help="train, precision, ddp, imagenet: rewrite the <!-- bench-NAME --> block (README or docs/ beside it) "
-                        "from the result")
+                   help="rewrite the <!-- bench-NAME --> block (README or docs/ beside it) from the result")
     u = sub.add_parser("tune", help="a tuning run: train with some profile fields replaced, record it in "
                                     "results/tuning/<profile>.json")
     u.add_argument("--name", required=True, help="the run's name in the tuning table")
@@ -191,11 +190,8 @@ def _run(args: argparse.Namespace) -> int:
             if args.name == "sparse":  # its figure beside the JSON (docs/performance.md shows results/bench/sparse.png)
                 bench.plot_sparse(result, Path(args.json).with_suffix(".png"))
                 print(f"figure written to {Path(args.json).with_suffix('.png')}")
-        if args.readme:
-            if args.name not in ("train", "precision", "ddp", "imagenet"):
-                raise UserError(f"--readme is for `bench train`, `bench precision`, `bench ddp` and `bench imagenet` (`bench {args.name}` "
-                                "has no README block).")
-            _rewrite_block(Path(args.readme), f"bench-{args.name}", bench.format_table(result))
+        if args.readme:  # the block's Markdown where the benchmark has its own (`markdown`), else its table
+            _rewrite_block(Path(args.readme), f"bench-{args.name}", getattr(bench, "markdown", bench.format_table)(result))
         return 0
     if args.command == "tune":
         from bagnet_lib.course.tuning import TUNING_DIR, tune, tuning_table

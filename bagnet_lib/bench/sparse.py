@@ -312,3 +312,22 @@ def plot_sparse(result: dict, out: str | Path | None = None) -> Figure:
                  f"width {result['width']}, torch threads {result['torch_threads']}; ✕ = break-even "
                  "(below the dashed line sparse is cheaper)", fontsize=10.5)
     return save(fig, out)
+
+
+def markdown(result: dict) -> str:
+    """docs/performance.md's `bench-sparse` block: the setting and each BagNet's break-evens, from the result."""
+    def kept(frac):
+        return "cheaper at every fraction" if frac is None else f"{100 * frac:.1f} % kept"
+
+    lines = [f"One {result['image_size']} px image, width {result['width']} (the published networks' channel counts), "
+             f"{result['torch_threads']} thread(s), median of {result['repeats']} runs: computing only the kept patches "
+             "(`bagnet_lib.blackout.sparse.patch_logits_at`) against the dense pass. Break-even = the keep fraction "
+             "below which the sparse computation is cheaper.", "",
+             "| model | grid | break-even by FLOPs | break-even by wall time | expected from the architecture |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, m in result["models"].items():
+        be = m["break_even_keep_frac"]
+        expected = ("cheaper at any fraction" if m["expected_flops_break_even"] is None
+                    else f"≈ {100 * m['expected_flops_break_even']:.0f} %")
+        lines.append(f"| {name} | {'×'.join(map(str, m['grid']))} | {kept(be['flops'])} | {kept(be['time'])} | {expected} |")
+    return "\n".join(lines)
