@@ -169,3 +169,43 @@ def test_bagnet_settings_apply_to_bagnets_only_and_travel_through_set():
             parse_overrides(bad)
     with pytest.raises(UserError, match="image_size"):
         Profile("x", bagnet_settings={"image_size": 96})
+
+
+def test_the_adaptation_is_described_from_the_profile_not_typed():
+    """Notebooks 02 and 03 print this sentence; it follows each network's own settings (`for_model`)."""
+    from bagnet_lib.nets.adapt import describe_adaptation
+
+    cpu = get_profile("cpu")
+    said = describe_adaptation(cpu, "resnet50")
+    assert cpu.adapt_bn is False and "no BatchNorm recalibration" in said  # the course's network got none
+    assert f"{cpu.adapt_epochs} epochs of the classifier and last BatchNorm at {cpu.image_size} px" in said
+    assert "resnet50_adapted.pt" in said
+    both = describe_adaptation(get_profile("cpu", bagnet_settings={"adapt_bn": True, "adapt_epochs": 1}), "bagnet17")
+    assert f"BatchNorm statistics recomputed at {cpu.image_size} px" in both and "1 epoch of the" in both
+    assert "BagNet-17" in both
+    smoke = get_profile("smoke")
+    none = describe_adaptation(smoke, "resnet50")
+    assert "no BatchNorm recalibration" in none and "no fine-tuning" in none
+    assert f"as trained on {smoke.train_crop} px crops" in none and "adapted.pt" not in none
+
+
+def test_adaptation_runs_in_the_precision_training_ran_in(train_data, monkeypatch):
+    """Where bf16 would be emulated (`resolve_precision` gives fp32), the adaptation of a bf16 profile computes in
+    fp32, as training and evaluation do, not under an emulated bf16 autocast."""
+    from bagnet_lib.nets import precision as precision_mod
+
+    monkeypatch.setattr(precision_mod, "cpu_has_fast_bf16", lambda: False)
+    images = eval_batch(train_data, SIZE)[:16]
+    stats = []
+    for precision in ("bf16", "fp32"):
+        model = _model().eval()
+        recalibrate_batchnorm(model, images, batch_size=8, precision=precision)
+        finetune_head(model, images, train_data.labels[:16], get_profile("smoke", precision=precision, batch_size=8),
+                      epochs=1, seed=0)
+        stats.append(_state(model))
+    for key, value in stats[0].items():
+        assert torch.equal(value, stats[1][key]), key
+    monkeypatch.setattr(precision_mod, "cpu_has_fast_bf16", lambda: True)  # and where bf16 is real, it is used
+    model = _model().eval()
+    recalibrate_batchnorm(model, images, batch_size=8, precision="bf16")
+    assert not torch.equal(model.bn1.running_var, stats[1]["bn1.running_var"])

@@ -113,3 +113,29 @@ def test_pixel_blackout_paints_exactly_the_dropped_tiles():
     assert (out[:, :, pix] == 200).all()
     assert out[0, :, 0, 4].tolist() == [124, 116, 104]  # the ImageNet mean colour
     assert out[0, :, 9, 11].tolist() == [124, 116, 104]
+
+
+def test_summarize_sweep_never_pools_two_models(cache):
+    """The study's frames carry a `model` column (pixel blackout runs both networks): one row per model, not a mix."""
+    import pandas as pd
+
+    a = sweep(cache, ["random"], [0.5], range(3), ["mean"]).assign(model="bagnet33")
+    b = a.assign(model="resnet50", acc=a["acc"] * 0.5)  # a second network, worse at every seed
+    s = summarize_sweep(pd.concat([a, b], ignore_index=True))
+    assert list(s["model"]) == ["bagnet33", "resnet50"] and list(s["n_seeds"]) == [3, 3]
+    assert s["acc_mean"].tolist() == pytest.approx([a["acc"].mean(), a["acc"].mean() * 0.5])
+    # one model, or no model column at all: the same numbers as before (what study.blackout_summary relies on)
+    alone = summarize_sweep(a)
+    plain = summarize_sweep(a.drop(columns="model"))
+    assert "model" not in plain.columns
+    assert alone.drop(columns="model").to_dict("records") == plain.to_dict("records")
+
+
+def test_first_correct_is_the_first_image_the_network_gets_right(cache):
+    from bagnet_lib.blackout.sweep import first_correct
+
+    right = (cache.patch_logits.mean(dim=(2, 3)).argmax(1) == cache.labels).tolist()
+    assert first_correct(cache) == right.index(True) and right[first_correct(cache)]
+    wrong = LogitCache(cache.patch_logits, (cache.patch_logits.mean(dim=(2, 3)).argmax(1) + 1) % 5, cache.features,
+                       cache.fc_weight, cache.fc_bias)
+    assert first_correct(wrong) is None

@@ -64,3 +64,80 @@ def test_the_run_studies_the_bagnet_notebook_03_trained(tmp_path):
     assert both.bagnet("bagnet33") == "bagnet33" and both.trained("bagnet") == ["bagnet17", "bagnet33"]
     with pytest.raises(UserError, match="not a BagNet"):
         both.bagnet("resnet50")
+
+
+def _curve_frame() -> pd.DataFrame:
+    """A drop curve with known numbers: accuracy 0.8 with all kept, 0.8 − frac/2 for every mask after; `zero`'s loss
+    grows faster than `mean`'s."""
+    rows = []
+    for frac in (0.0, 0.25, 0.5, 0.75, 0.95):
+        for seed in range(4):
+            for agg, loss in (("mean", 0.5 + frac * 0.1), ("zero", 0.5 + frac)):
+                rows.append({"kind": "random", "drop_frac": frac, "seed": seed, "aggregation": agg,
+                             "acc": 0.8 - frac / 2, "loss": loss, "model": "bagnet33"})
+    return pd.DataFrame(rows)
+
+
+def test_the_drop_curve_shows_changes_and_the_papers_points_as_changes_from_its_own_all_kept_accuracy():
+    from bagnet_lib.figures import plots
+    from bagnet_lib.writeup.paper import PAPER_POINTS, PAPER_POINTS_LABEL, PAPER_TABLE1, paper_changes
+
+    changes = paper_changes()
+    base = PAPER_TABLE1["bagnet33"]["test"]
+    assert sorted(changes) == [0.25, 0.5, 0.75] == sorted(PAPER_POINTS)
+    for f, (acc, loss) in PAPER_POINTS.items():
+        assert changes[f] == pytest.approx((acc - base["acc"], loss - base["loss"]))
+    fig = plots.plot_drop_curve(_curve_frame(), None, changes, paper_label=PAPER_POINTS_LABEL)
+    acc_ax, loss_ax = fig.axes[:2]
+    mean_line = next(line for line in acc_ax.get_lines() if line.get_label().startswith("mean"))
+    assert mean_line.get_ydata().tolist() == pytest.approx([0.0, -0.125, -0.25, -0.375, -0.475])  # change from 0.8
+    cross = next(line for line in acc_ax.get_lines() if line.get_label() == PAPER_POINTS_LABEL)
+    assert cross.get_xdata().tolist() == [25, 50, 75]
+    assert cross.get_ydata().tolist() == pytest.approx([changes[f][0] for f in (0.25, 0.5, 0.75)])
+    loss_cross = next(line for line in loss_ax.get_lines() if line.get_label() == PAPER_POINTS_LABEL)
+    assert loss_cross.get_ydata().tolist() == pytest.approx([changes[f][1] for f in (0.25, 0.5, 0.75)])
+    assert "change" in acc_ax.get_ylabel() and PAPER_POINTS_LABEL in [t.get_text() for t in acc_ax.get_legend().texts]
+
+
+def test_the_sentences_under_the_figures_carry_the_runs_numbers():
+    from bagnet_lib.figures import plots
+
+    curve = _curve_frame()
+    s = plots.describe_drop_curve(curve, {0.25: (0.001, 0.0)})
+    assert "0.800" in s and "0.675 at 25 % dropped" in s and "change -0.125, the paper's +0.001" in s
+    assert "0.325 at 95 % dropped" in s and "`zero`'s cross-entropy is 1.450 against `mean`'s 0.595" in s
+    paper = curve[curve["drop_frac"].isin([0.25, 0.75])]
+    s = plots.describe_mask_accuracy(paper)
+    assert "4 masks' accuracies have mean 0.675" in s and "largest difference 0" in s and "1.250 under `zero`" in s
+    structured = pd.concat([curve, curve.assign(kind="center", acc=curve["acc"] - 0.1)])
+    assert "0.550 (random), 0.450 (keep centre)" in plots.describe_structured(structured)
+    aggs = pd.concat([curve, curve.assign(aggregation="max", acc=0.1), curve.assign(aggregation="median", acc=0.7)])
+    s = plots.describe_aggregations(aggs)
+    assert "`median` (0.700)" in s and "`max` (0.100)" in s and "0.550 for `mean`" in s
+    kinds = pd.concat([curve, curve.assign(kind="pixel", aggregation="model", model="resnet50", acc=0.3)])
+    s = plots.describe_blackout_kinds(kinds, {"bagnet33": 0.8, "resnet50": 0.9}, "bagnet33", {0.5: (-0.05, 0.1)})
+    assert "-0.250 for BagNet-33 patch logits dropped (4 masks)" in s and "-0.600 for ResNet-50 image tiles" in s
+    assert "-0.050 for the paper's" in s
+
+
+def test_a_wrong_prediction_is_said_to_lose_cross_entropy_under_zero():
+    import torch
+
+    from bagnet_lib.figures import plots
+
+    wrong = {"all kept": torch.tensor([3.0, 0.0]), "mean": torch.tensor([3.0, 0.0]), "zero": torch.tensor([1.5, 0.0])}
+    s = plots.describe_mechanism(wrong, 1, ["a", "b"], 8, 16, 7)
+    assert "Test image 7 (true class b)" in s and "(wrong)" in s and "cross-entropy is lower, 1.701 against 3.049" in s
+    right = plots.describe_mechanism(wrong, 0, ["a", "b"], 8, 16, 7)
+    assert "(right)" in right and "is higher" in right and "which is the true one" in right
+
+
+def test_every_figure_of_notebook_04_but_the_explorer_has_a_finding():
+    from bagnet_lib.course import views
+
+    fours = [n for n in registry.expected("bagnet33", "4")]
+    assert sorted(views.FINDINGS) == sorted(n for n in fours if n != "04_explorer.png")
+    notebook = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / "04_blackout_experiments.ipynb", 4)
+    code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+    for name in views.FINDINGS:  # the notebook prints each one under its figure
+        assert f'views.finding(run, "{name}"' in code, name

@@ -118,3 +118,32 @@ def test_frontier_points_on_a_tiny_cache():
     per_image_correct(small)
     assert [pt["parameter"] for pt in small] == [48, 64] and small[0]["gflops_per_image"] < small[1]["gflops_per_image"]
     assert [pt["method"] for pt in small] == ["fewer pixels (dense)", "dense"]
+
+
+def test_the_frontier_figure_labels_every_point_with_its_setting():
+    import pandas as pd
+
+    from bagnet_lib.figures.plots import frontier_label, plot_frontier
+
+    assert frontier_label("kept patches, random", 0.05) == "5%" and frontier_label("dense", 1.0) == ""
+    assert frontier_label("anytime (stop when confident)", 0.25) == "≥0.25"
+    assert frontier_label("fewer pixels (dense)", "112") == "112px"
+    assert frontier_label("kept patches, strided sub-grid", "every 3") == "n=3"
+    rows = [("bagnet33", "dense", 1.0, 2.0, 0.76), ("bagnet33", "kept patches, random", 0.05, 0.7, 0.66),
+            ("bagnet33", "kept patches, random", 0.5, 2.0, 0.74), ("bagnet33", "anytime (stop when confident)", 1.0, 5.0, 0.75),
+            ("resnet50", "fewer pixels (dense)", "112", 0.15, 0.82), ("resnet50", "dense", 224, 0.55, 0.83)]
+    points = pd.DataFrame(rows, columns=["model", "method", "parameter", "gflops_per_image", "acc"])
+    points = points.assign(acc_ci_low=points["acc"] - 0.03, acc_ci_high=points["acc"] + 0.03, n_images=426,
+                           pareto=[False, False, False, False, True, True])
+    ax = plot_frontier(points).axes[0]
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == sorted(["5%", "50%", "≥1", "112px", "BagNet-33", "ResNet-50"])  # dense stars: the network's name
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
+    random = handles["BagNet-33: kept patches, random (label: % of patches kept)"].lines[0]
+    pixels = handles["ResNet-50: fewer pixels (dense) (label: test image size)"].lines[0]
+    assert random.get_marker() != pixels.get_marker()  # the marker says the network, the colour the method
+    assert random.get_color() != pixels.get_color()
+    legend = [t.get_text() for t in ax.figure.legends[0].texts]
+    assert "BagNet-33: kept patches, random (label: % of patches kept)" in legend
+    boxes = [t.get_window_extent() for t in ax.texts]  # placed so that no two labels overlap
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -167,3 +167,20 @@ def test_property_all_kept_is_the_plain_aggregate_and_nothing_kept_raises(h, w, 
         assert not bool(keep_none.any())
         with pytest.raises(ValueError, match="keeps no patch"):
             aggregate(x, keep_none, method)
+
+
+def test_the_definitions_table_has_one_row_per_aggregation_with_the_code_defaults_filled_in():
+    import inspect
+
+    from bagnet_lib.blackout.aggregate import DEFINITIONS, definitions
+
+    table = definitions()
+    assert list(table.index) == list(AGGREGATIONS) and set(DEFINITIONS) == set(AGGREGATIONS)
+    assert table.notna().all().all() and (table.map(len) > 10).all().all()
+    text = " ".join(table.to_numpy().ravel())
+    assert "{" + "trim}" not in text and "{" + "sigma}" not in text and "+ -" not in text  # every placeholder filled
+    defaults = {k: v.default for k, v in inspect.signature(aggregate).parameters.items() if v.default is not v.empty
+                and k in ("trim", "clip_a", "sigma")}
+    assert f"floor({defaults['trim']:g}·|S|)" in table.loc["trimmed_mean"].iloc[0]
+    assert f"tanh({defaults['clip_a']:g}·x_p" in table.loc["clipped"].iloc[1]
+    assert f"{defaults['sigma']:g}²" in table.loc["center_weighted"].iloc[1]

@@ -201,3 +201,32 @@ def test_narrow_bagnets_train_channels_last_without_the_onednn_crash():
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
+
+
+def _walk(model: torch.nn.Module, size: int, skip_shortcuts: bool = True) -> tuple[int, int, int]:
+    """Notebook 03's receptive-field walk: (window, jump, positions per side) from the main path's layers in order."""
+    window, jump, side = 1, 1, size
+    for name, layer in model.named_modules():
+        if ("downsample" in name and skip_shortcuts) or not isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
+            continue
+        k, s, pad = (v if isinstance(v, int) else v[0] for v in (layer.kernel_size, layer.stride, layer.padding))
+        window += (k - 1) * jump
+        jump *= s
+        side = (side + 2 * pad - k) // s + 1
+    return window, jump, side
+
+
+@pytest.mark.parametrize("name", BAGNETS)
+def test_the_geometry_is_what_the_layers_add_up_to(name):
+    """Window and stride follow from the layer list (r += (k−1)·j, j *= s, shortcuts beside the main path), and the
+    grid from the unpadded layers' sizes: `PatchGeometry` and `patch_logits` agree at every size tried."""
+    model = bagnet(name, num_classes=3, width=0.125).eval()
+    for size in (64, 97, 224):
+        window, jump, side = _walk(model, size)
+        assert (window, jump) == (model.geometry.size, model.geometry.stride)
+        assert (side, side) == model.geometry.grid_size(size, size)
+        if size < 224:  # the shape check is cheap at the smaller sizes
+            with torch.no_grad():
+                assert model.patch_logits(torch.zeros(1, 3, size, size)).shape[-2:] == (side, side)
+    # counting the strided shortcuts too would count each stage's stride twice
+    assert _walk(model, 224, skip_shortcuts=False)[1] == model.geometry.stride ** 2

@@ -33,6 +33,10 @@ def test_committed_notebooks_carry_no_outputs_and_one_parameters_cell():
         assert "github.com/rui-yan/CS229-final-project" in intro and "openreview.net/forum?id=SkfMWhAqYQ" in intro
         assert nb.cells[-1].cell_type == "markdown" and nb.cells[-1].source.startswith(
             ("## Things to try", "## What to do next")), name
+        if nb.cells[-1].source.startswith("## Things to try"):  # each prompt carries its expected outcome, folded
+            prompts = re.split(r"(?m)^- ", nb.cells[-1].source)[1:]
+            assert prompts and all("<details><summary>What you should see</summary>" in p and "</details>" in p
+                                   for p in prompts), name
         declared = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line}
         if name in OPTIONAL_NOTEBOOKS:  # ImageNet, no flowers run: the shared names that apply (DATA_DIR: the folder)
             assert {"RUN_DIR", "DATA_DIR", "BAGNET"} <= declared and "PROFILE" not in declared, name

@@ -308,3 +308,74 @@ def test_fp32_training_runs_with_tf32_off_in_forward_and_backward_and_restores_t
         assert precision_mod.tf32_flags() == {"cudnn.allow_tf32": True, "cuda.matmul.allow_tf32": True}
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _sgd_step_by_hand(model, images, labels, profile, precision, channels_last):
+    """One training step written out (what notebook 02 shows): forward, loss, backward, SGD's first step."""
+    import torch.nn.functional as F
+
+    from bagnet_lib.data.tensors import normalize
+
+    x = normalize(images)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+    with precision_mod.precision_scope(torch.device("cpu"), precision):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=profile.label_smoothing)
+    loss.backward()
+    with torch.no_grad():  # the first step: the momentum buffer is the gradient itself (with weight decay)
+        for p in model.parameters():
+            p.add_(p.grad.add(p, alpha=profile.weight_decay), alpha=-profile.lr)
+    return loss.detach()
+
+
+@pytest.mark.parametrize("precision,channels_last", [("fp32", False), ("bf16", True)])
+def test_one_training_step_written_by_hand_is_the_librarys_step(data, precision, channels_last):
+    """`train_on_batch` with the optimiser `make_optimizer` builds is forward, label-smoothed cross-entropy in fp32,
+    backward, and SGD's update w ← w − lr·(g + wd·w): bit for bit, weights and BatchNorm statistics alike."""
+    import copy
+
+    from bagnet_lib.data.tensors import train_batches
+
+    train, _ = data
+    profile = _profile(label_smoothing=0.1, weight_decay=5e-4, momentum=0.9, lr=0.05)
+    precision = precision_mod.resolve_precision(precision, torch.device("cpu"))
+    images, labels = next(train_batches(train, SIZE, 4, seed=0, epoch=0))
+    start = _model("resnet50")
+    if channels_last:
+        start.to(memory_format=torch.channels_last)
+    hand, lib = copy.deepcopy(start), copy.deepcopy(start)
+    hand_loss = _sgd_step_by_hand(hand, images, labels, profile, precision, channels_last)
+    lib.train()
+    lib_loss, _ = train_mod.train_on_batch(lib, train_mod.make_optimizer(lib, profile), images, labels,
+                                           precision=precision, channels_last=channels_last,
+                                           label_smoothing=profile.label_smoothing)
+    assert torch.equal(hand_loss, lib_loss)
+    moved = 0
+    for (k, a), b, s in zip(hand.state_dict().items(), lib.state_dict().values(), start.state_dict().values()):
+        assert torch.equal(a, b), k
+        moved += not torch.equal(a, s)
+    assert moved > len(start.state_dict()) // 2  # the step changed the weights (and the statistics)
+    # the comparison sees the loss's ingredients: without label smoothing the hand-written loss differs
+    plain = _sgd_step_by_hand(copy.deepcopy(start), images, labels, _profile(label_smoothing=0.0), precision,
+                              channels_last)
+    assert not torch.equal(plain, lib_loss)
+
+
+def test_predict_as_trained_gives_the_validation_numbers_of_the_history(data, tmp_path):
+    """The best checkpoint, loaded into a fresh network and scored with `predict_as_trained`, gives exactly the
+    history's validation loss and accuracy of its epoch (notebook 02 asserts this for the course's network)."""
+    from bagnet_lib.nets.metrics import accuracy
+
+    train, val = data
+    profile = _profile(epochs=2, precision="bf16", channels_last=True, eval_batch_size=5)
+    result = train_model(_model("resnet50"), train, val, profile, tmp_path, "r50", progress=False)
+    best = result.history.set_index("epoch").loc[result.best_epoch]
+    fresh = train_mod.load_best(_model("resnet50"), result.best_checkpoint)
+    logits = train_mod.predict_as_trained(fresh, eval_batch(val, SIZE), profile)
+    assert cross_entropy(logits, val.labels) == best["val_loss"]
+    assert accuracy(logits, val.labels) == best["val_acc"] == result.best_val_acc
+    assert fresh.layer1[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    if precision_mod.resolve_precision("bf16", torch.device("cpu")) == "bf16":  # the old demo's fp32 path differs
+        assert cross_entropy(predict(fresh, eval_batch(val, SIZE)), val.labels) != best["val_loss"]

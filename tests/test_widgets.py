@@ -253,3 +253,11 @@ def test_an_error_in_an_update_is_shown_in_the_explorer_and_not_swallowed(cache,
     with pytest.raises(RuntimeError, match="broken on purpose"):
         c["seed"].value = 7
     assert "error in the explorer:" in c["text"].value and "RuntimeError: broken on purpose" in c["text"].value
+
+
+def test_a_state_prints_as_one_line_not_as_its_mask(explorer):
+    state = explorer.update(1, "checkerboard", 0.5, 0, "mean")
+    text = repr(state)
+    assert "\n" not in text and state.text in text and "image 1" in text
+    assert "tensor" not in text and "True" not in text  # the 6×6 keep-mask stays in state.keep
+    assert state.n_kept == 18 and state.keep.shape == (H, W)

@@ -12,15 +12,42 @@ Introduced in notebook 04. `aggregate(patch_logits [N, K, H', W'], keep, method)
   future work).
 
 A mask that keeps no patch of some image raises `ValueError`: there is no evidence to aggregate.
+`DEFINITIONS` says what each one computes, in words and as a formula; `definitions()` is that table
+with the defaults filled in, as notebook 04 shows it.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
+import pandas as pd
 import torch
 from torch import Tensor
 
 AGGREGATIONS = ("mean", "zero", "median", "trimmed_mean", "max", "logsumexp", "clipped", "center_weighted")
+
+# The one definition of every aggregation, in words and as a formula: image logit of class k from the patch logits
+# x_p of the kept patches p ∈ S (|S| of them, P patches in all). `{trim}`, `{clip_a}`, `{clip_b}` and `{sigma}`
+# are filled in from `aggregate`'s defaults by `definitions()`, so the table never disagrees with the code.
+DEFINITIONS = {
+    "mean": ("the mean of the kept patches (the paper's text: dropped patches \"not considered\")",
+             "(1/|S|) Σ_{p∈S} x_p"),
+    "zero": ("dropped patches count as zeros: the sum over the kept ones divided by all P (the paper's \"set to 0\"); "
+             "= mean × |S|/P, so the same prediction with smaller logits",
+             "(1/P) Σ_{p∈S} x_p"),
+    "median": ("the median of the kept patches (the mean of the two middle values for an even count)",
+               "median_{p∈S} x_p"),
+    "trimmed_mean": ("the mean after cutting floor({trim}·|S|) of the kept values at each end",
+                     "mean of the sorted x_p with ranks floor({trim}|S|) … |S| − floor({trim}|S|) − 1"),
+    "max": ("the largest kept patch logit", "max_{p∈S} x_p"),
+    "logsumexp": ("a soft maximum, minus the log of the count (a constant map aggregates to that constant)",
+                  "log Σ_{p∈S} exp(x_p) − log |S|"),
+    "clipped": ("the mean of squashed patch logits (Clipped BagNet, Zhang et al. 2020): one patch cannot dominate",
+                "(1/|S|) Σ_{p∈S} tanh({clip_a}·x_p + {clip_b})"),
+    "center_weighted": ("a weighted mean, Gaussian weights w_p by the distance d_p of the patch to the grid centre "
+                        "(d as a fraction of the grid size; the paper's future work)",
+                        "Σ_{p∈S} w_p x_p / Σ_{p∈S} w_p,  w_p = exp(−d_p² / (2·{sigma}²))"),
+}
 
 
 def _full_keep(patch_logits: Tensor, keep: Tensor | None) -> Tensor:
@@ -77,3 +104,20 @@ def aggregate(patch_logits: Tensor, keep: Tensor | None = None, method: str = "m
         sel = (rank >= cut) & (rank < c - cut)
         return (s.masked_fill(~sel, 0.0)).sum(dim=2) / sel.sum(dim=2).to(x.dtype)
     raise ValueError(f"unknown aggregation {method!r}; choose one of {', '.join(AGGREGATIONS)}")
+
+
+def definitions() -> pd.DataFrame:
+    """One row per aggregation of `AGGREGATIONS`: what it does in words and as a formula, with `aggregate`'s default
+    parameters filled in (notebook 04 shows this table where aggregations are introduced)."""
+    defaults = {k: v.default for k, v in inspect.signature(aggregate).parameters.items()
+                if v.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    def fill(text: str) -> str:
+        for key, value in defaults.items():
+            text = text.replace("{" + key + "}", f"{value:g}")
+        return text.replace("+ -", "− ")
+
+    rows = {name: {"in words": fill(DEFINITIONS[name][0]),
+                   "image logit of class k (S = kept patches, P = all patches)": fill(DEFINITIONS[name][1])}
+            for name in AGGREGATIONS}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("aggregation")

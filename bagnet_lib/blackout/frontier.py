@@ -116,6 +116,8 @@ def pareto_front(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the experiment over a run
 KEEP_FRACS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
 SCALES = (0.5, 0.625, 0.75, 0.875, 1.0)  # fewer pixels: test images downscaled to this share of the trained size
+ANYTIME_THRESHOLDS = (0.25, 0.5, 1.0, 2.0, 4.0)  # anytime: stop once the running mean's top-1 margin reaches this
+ANYTIME_CHUNK = 1 / 16  # anytime: the share of an image's patches computed per step
 COLUMNS = ["model", "method", "parameter", "gflops_per_image", "acc", "acc_ci_low", "acc_ci_high", "n_images"]
 
 
@@ -137,7 +139,7 @@ def strided_keep(h: int, w: int, step: int) -> Tensor:
 
 
 def frontier_points(cache, cost: CostModel, bagnet_name: str, seeds, keep_fracs=KEEP_FRACS,
-                    thresholds=(0.25, 0.5, 1.0, 2.0, 4.0), chunk_frac: float = 1 / 16, order_seed: int = 0) -> list[dict]:
+                    thresholds=ANYTIME_THRESHOLDS, chunk_frac: float = ANYTIME_CHUNK, order_seed: int = 0) -> list[dict]:
     """Points that need only the logit cache: the dense BagNet, kept patches (random, centre, strided), anytime."""
     x, y = cache.patch_logits.float(), cache.labels
     n, k, h, w = x.shape

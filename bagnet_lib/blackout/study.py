@@ -120,7 +120,7 @@ def blackout_experiment(run: Run, name: str, bagnet: str | None = None, progress
 
 
 def blackout_step(run: Run, bagnet: str | None = None, progress: bool = True) -> pd.DataFrame:
-    """Every blackout experiment, in order (the CLI's `sweep`; notebook 04 runs them one section at a time)."""
+    """Every blackout experiment, in order (for scripts and tests; notebook 04 and the CLI's `blackout` run them one at a time)."""
     for name in BLACKOUT_EXPERIMENTS:
         blackout_experiment(run, name, bagnet, progress)
     return blackout_runs(run)

@@ -94,6 +94,13 @@ def cache_logits(model: nn.Module, images: Tensor, labels: Tensor, batch_size: i
                       list(classes))
 
 
+def first_correct(cache: LogitCache) -> int | None:
+    """The first image the network classifies correctly with every patch kept (the mean of its patch logits), or
+    None when it gets every image wrong: notebook 04's worked example."""
+    right = (cache.patch_logits.float().mean(dim=(2, 3)).argmax(1) == cache.labels).nonzero()
+    return int(right[0]) if len(right) else None
+
+
 # --------------------------------------------------------------------------- sweep engine
 def mean_scores(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Accuracy and mean cross-entropy along the last-but-one axis: logits [..., N, K] → [...]."""
@@ -122,10 +129,14 @@ def sweep(cache: LogitCache, kinds: Iterable[str], drop_fracs: Iterable[float], 
 def summarize_sweep(df: pd.DataFrame) -> pd.DataFrame:
     """Per kind/fraction/aggregation: mean accuracy and loss over masks (or seeds), where 95 % of the masks lie
     (`acc_spread`, `loss_spread`: percentiles, not intervals), the Student-t interval of the mean over the
-    seeds (`acc_t_ci`: for a few repeated runs such as pixel-blackout seeds), and the count."""
+    seeds (`acc_t_ci`: for a few repeated runs such as pixel-blackout seeds), and the count.
+
+    When the frame has a `model` column (the study's rows: pixel blackout runs both networks) the rows are
+    also grouped by model, which is then the first column: rows of different networks are never pooled."""
+    keys = (["model"] if "model" in df.columns else []) + ["kind", "drop_frac", "aggregation"]
     out = []
-    for (kind, frac, agg), g in df.groupby(["kind", "drop_frac", "aggregation"], sort=True):
-        out.append({"kind": kind, "drop_frac": frac, "aggregation": agg, "n_seeds": len(g),
+    for values, g in df.groupby(keys, sort=True, dropna=False):
+        out.append({**dict(zip(keys, values)), "n_seeds": len(g),
                     "acc_mean": g["acc"].mean(), "acc_spread": list(spread(g["acc"])),
                     "acc_t_ci": list(t_interval(g["acc"])),
                     "loss_mean": g["loss"].mean(), "loss_spread": list(spread(g["loss"])),

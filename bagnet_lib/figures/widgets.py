@@ -82,6 +82,10 @@ class ExplorerState:
     def n_kept(self) -> int:
         return int(self.keep.sum())
 
+    def __repr__(self) -> str:
+        """One readable line (what `text` says), not the mask: a 24×24 boolean tensor is no summary."""
+        return f"ExplorerState(image {self.image_index}: {self.text})"
+
     @property
     def changed(self) -> bool:
         """Whether the blackout changed the prediction (True when nothing was kept)."""

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from bagnet_lib.data.tensors import ImageTensors, eval_batch, eval_batches, normalize
 from bagnet_lib.io import atomic_write
-from bagnet_lib.nets.precision import precision_scope
+from bagnet_lib.nets.models import model_label
+from bagnet_lib.nets.precision import precision_scope, resolve_precision
 from bagnet_lib.nets.profiles import Profile
 
 
@@ -55,6 +56,7 @@ def recalibrate_batchnorm(model: nn.Module, images: Tensor, batch_size: int, pre
     layers = batchnorms(model)
     momenta = [bn.momentum for bn in layers]
     device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)  # as training and evaluation: bf16 only where it is fast
     for bn in layers:
         bn.reset_running_stats()
         bn.momentum = None  # running statistics = the plain average over the batches seen
@@ -80,6 +82,7 @@ def finetune_head(model: nn.Module, images: Tensor, labels: Tensor, profile: Pro
     SGD with the profile's learning rate, momentum, weight decay and label smoothing, cosine-decayed over the
     steps. Returns each epoch's mean training loss."""
     device = next(model.parameters()).device
+    precision = resolve_precision(profile.precision, device)
     trainable = list(model.fc.parameters()) + list(batchnorms(model)[-1].parameters())
     chosen = {id(p) for p in trainable}
     frozen = [p for p in model.parameters() if id(p) not in chosen and p.requires_grad]
@@ -98,7 +101,7 @@ def finetune_head(model: nn.Module, images: Tensor, labels: Tensor, profile: Pro
             for start in tqdm(range(0, len(images), profile.batch_size), desc=f"head fine-tuning {epoch + 1}/{epochs}",
                               disable=not progress, leave=False):
                 idx = order[start:start + profile.batch_size]
-                with precision_scope(device, profile.precision):
+                with precision_scope(device, precision):
                     logits = model(normalize(view[idx].to(device)))
                 loss = F.cross_entropy(logits.float(), labels[idx].to(device), label_smoothing=profile.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
@@ -121,6 +124,20 @@ def adaptation_label(adapted: dict) -> str:
         parts.append(f"{adapted['epochs']} epoch{'s' * (adapted['epochs'] != 1)} of the classifier and last BatchNorm "
                      f"at {adapted['image_size']} px")
     return ", then ".join(parts)
+
+
+def describe_adaptation(profile: Profile, model_name: str) -> str:
+    """One sentence saying what adaptation `profile` gives `model_name` after training (its `for_model` settings):
+    BatchNorm statistics recomputed at the test size or not (`adapt_bn`), and how many epochs the classifier and
+    the last BatchNorm are fine-tuned (`adapt_epochs`). Notebooks print it instead of typing it."""
+    p = profile.for_model(model_name)
+    bn = (f"BatchNorm statistics recomputed at {p.image_size} px on every training image (adapt_bn)" if p.adapt_bn
+          else "no BatchNorm recalibration (adapt_bn is off)")
+    head = (f"{p.adapt_epochs} epoch{'s' * (p.adapt_epochs != 1)} of the classifier and last BatchNorm at "
+            f"{p.image_size} px (adapt_epochs)" if p.adapt_epochs else "no fine-tuning (adapt_epochs is 0)")
+    network = (f"every later number is the adapted network's ({model_name}_adapted.pt)" if p.adapt_bn or p.adapt_epochs
+               else f"every later number is the best epoch's, as trained on {p.train_crop} px crops")
+    return f"After training, the {p.name} profile gives {model_label(model_name)} {bn} and {head}: {network}."
 
 
 def adapt_settings(profile: Profile, best: dict) -> dict:

@@ -186,6 +186,26 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 64, device: torc
     return gather_cat(outs)
 
 
+def predict_as_trained(model: nn.Module, images: Tensor, profile: Profile,
+                       device: str | torch.device | None = None) -> Tensor:
+    """Image logits of `model` computed exactly as `train_model` computes its validation logits: on `device`, in
+    the memory layout training uses (channels-last where `use_channels_last` says so; `model` is converted in
+    place), in the profile's precision (`resolve_precision`), in batches of `eval_batch_size`.
+
+    A number compared with the training history (its `val_acc`, the best epoch's accuracy) must be computed this
+    way: the two memory layouts run other kernels (oneDNN on this project's CPU), whose logits differ in bf16 (and,
+    less, in fp32) by enough to move an image across the decision boundary, and fp32 differs from bf16 more.
+    `profile` is the one the network trained with (`Profile.for_model`)."""
+    device = select_device(device)
+    params = list(model.parameters())
+    if any(q.device.type != device.type or device.index not in (None, q.device.index) for q in params):
+        model.to(device)  # "cuda" is the current GPU: a model on cuda:0 stays
+    if use_channels_last(model, device, profile.channels_last) and any(
+            q.dim() == 4 and not q.is_contiguous(memory_format=torch.channels_last) for q in params):
+        model.to(memory_format=torch.channels_last)  # only when needed: training's model is left untouched
+    return predict(model, images, profile.eval_batch_size, device, precision=resolve_precision(profile.precision, device))
+
+
 def epoch_batches(train: ImageTensors, profile: Profile, seed: int, epoch: int, w: World | None = None):
     """One epoch's augmented uint8 batches (`train_batches`; this rank's shares under torchrun), prepared a
     batch ahead in a background thread."""
@@ -332,7 +352,7 @@ def _train(model: nn.Module, train: ImageTensors, val: ImageTensors, profile: Pr
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
             fault_point("after_batch")
         loss_sum, correct, seen = all_sum([loss_sum, correct, seen])  # the global batch's numbers (as is: 1 rank)
-        val_logits = predict(model, val_images, profile.eval_batch_size, device, precision=precision)
+        val_logits = predict_as_trained(model, val_images, profile, device)  # model: already in place and layout
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": cross_entropy(val_logits, val.labels), "val_acc": accuracy(val_logits, val.labels),
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}

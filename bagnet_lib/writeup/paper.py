@@ -23,7 +23,7 @@ PAPER_TABLE1 = {  # as printed in the paper (test; train where given)
     "random 75%": {"acc": 0.8327, "loss": 0.5445},  # identical to the 50 % column: most likely a copy error
 }
 PAPER_POINTS = {0.5: (0.8327, 0.5445), 0.25: (0.8827, 0.4123), 0.75: (0.8327, 0.5445)}  # for the drop-curve figure
-# What those points measured: the paper's code zeroed fc channels of an ImageNet-pretrained, fine-tuned BagNet-33.
+# What those points measured: the paper's code zeroed fc channels of an ImageNet-pretrained BagNet-33 (last layer retrained).
 PAPER_POINTS_LABEL = "paper: channel masking of a pretrained BagNet-33 (its code)"
 
 
@@ -31,6 +31,6 @@ def paper_changes() -> dict[float, tuple[float, float]]:
     """The paper's random-blackout points as *changes* from its own all-kept BagNet-33 (its Table 1, test):
     drop fraction → (accuracy − all-kept accuracy, cross-entropy − all-kept cross-entropy), by fraction.
 
-    The paper's network starts elsewhere (pretrained, fine-tuned), so only its changes compare with this run's."""
+    The paper's network starts elsewhere (pretrained, last layer retrained), so only its changes compare with this run's."""
     base = PAPER_TABLE1["bagnet33"]["test"]
     return {f: (acc - base["acc"], loss - base["loss"]) for f, (acc, loss) in sorted(PAPER_POINTS.items())}

@@ -1,7 +1,8 @@
 """The generated blocks of the README and docs/: text between `<!-- name:start -->` and `<!-- name:end -->`.
 
-A block lives in the README or in one page of `docs/` beside it (`results` in README.md, `timings`,
-`bench-train` and `bench-precision` in docs/performance.md, `tuning` in docs/profiles.md); each writer names
+A block lives in the README or in one page of `docs/` beside it (`results` in README.md; `timings` and the
+`bench-*` blocks of `bench … --readme` in docs/performance.md, distributed.md and imagenet.md; `tuning` in
+docs/profiles.md); each writer names
 the README and the block, and this module finds the file that holds it. `publish` rewrites `results` and
 `timings` from a published run (its summary.json and the runner's timings.json); `bench … --readme` and
 `tune … --readme` rewrite their own blocks. This module is the one place that edits README.md and docs/.
@@ -32,8 +33,8 @@ def results_block(summary: dict, timings: dict | None = None) -> str:
              f"{s['epochs'][b]} epochs), {s['split']}, seed {summary['seed']}, {summary['n_test']} test images; all "
              f"five notebooks took {minutes} on this project's 2-core machine. Full report: [REPORT.md](REPORT.md); "
              f"numbers: `results/{name}/summary.json`.", "",
-             "Table 1, this run next to the paper's (the paper fine-tuned ImageNet-pretrained networks; this run "
-             "trains from scratch, so absolute accuracies are not expected to match):", ""]
+             "Table 1, this run next to the paper's (the paper retrained the last layer of ImageNet-pretrained networks; "
+             "this run trains from scratch, so absolute accuracies are not expected to match):", ""]
     lines += table1(summary)
     if summary.get("seeds"):
         n = summary["seeds"]["spread"]["n"]

@@ -337,7 +337,7 @@ def report_sections(summary: dict, figures: list[str] | set[str] = (), figure_di
                else "- One training run per network (the seed above): no interval here covers a second training run, "
                "so the gap between the networks mixes architecture and luck."),
               "- " + ("ImageNet-pretrained backbones, as in the paper." if summary["pretrained"] else
-                      "Trained from scratch on about 3,000 images, unlike the paper's ImageNet-pretrained backbones: "
+                      f"Trained from scratch on {summary['setting']['n_train']:,} training images, unlike the paper's ImageNet-pretrained backbones: "
                       "absolute accuracies are not expected to match, and claim (a) tests a different comparison."),
               *([f"- {setting['image_size']} px and a {setting['grid'][0]}×{setting['grid'][1]} patch grid, where "
                  f"the paper had {PAPER_IMAGE_SIZE} px and {PAPER_GRID}×{PAPER_GRID}: the blackout curves depend on "
