@@ -28,7 +28,7 @@ PYTEST_ARGS ?=
 # the ImageNet validation folder (<wnid>/*.JPEG) of `make imagenet` (docs/imagenet.md)
 IMAGENET_VAL ?=
 
-.PHONY: help setup test test-fast lint test-browser reproduce seeds seeds-gather imagenet lab clean
+.PHONY: help setup test test-fast lint test-browser reproduce reference verify seeds seeds-gather imagenet lab clean
 
 help:
 	@echo "make test        create .venv, install, run ruff and import-linter (make lint), then pytest (all but the browser test)"
@@ -38,7 +38,9 @@ help:
 	@echo "make seeds       after make reproduce: the course again with training seeds $(SEEDS) beside $(RUN_DIR), the seed table in its report (a whole course per seed: its measured time is in docs/performance.md; resumable)"
 	@echo "make seeds-gather  the seed table from $(RUN_DIR)-seedN directories run on other machines and copied here"
 	@echo "make imagenet    the blackout study on ImageNet validation with the published $(BAGNET) (IMAGENET_VAL=DIR; docs/imagenet.md)"
-	@echo "make lab         open JupyterLab in this environment"
+	@echo "make reference   a ready run directory (runs/reference) from the networks shipped in results/$(PROFILE)/networks: the course without training"
+	@echo "make verify      recompute every published number that needs no training from the shipped networks (exit 1 on a mismatch)"
+	@echo "make lab         open JupyterLab on a ready run: your finished runs/$(PROFILE), else the shipped networks (make reference)"
 
 setup: $(STAMP)
 
@@ -89,9 +91,20 @@ seeds-gather: $(STAMP)
 imagenet: $(STAMP)
 	$(PY) -m bagnet_lib imagenet --val-dir "$(IMAGENET_VAL)" --model $(BAGNET)
 
+# The networks shipped with the repository, laid out as a run directory: notebooks 02 and 03 skip training
+reference: $(STAMP)
+	BAGNET_DATA=$(DATA_ABS) $(PY) -m bagnet_lib reference --profile $(PROFILE) --run-dir runs/reference
+
+# The published numbers recomputed from the shipped networks (docs/verify.md)
+verify: $(STAMP)
+	BAGNET_DATA=$(DATA_ABS) $(PY) -m bagnet_lib verify --profile $(PROFILE) $(VERIFY_ARGS)
+
+# JupyterLab on a ready run: runs/$(PROFILE) when it holds a finished course, else the shipped networks laid out in
+# runs/reference (seconds), else runs/$(PROFILE) to train in. The notebooks' RUN_DIR = None opens it ($BAGNET_RUN_DIR).
 lab: $(STAMP)
-	@echo ">>> JupyterLab with BAGNET_DATA=$(DATA) BAGNET_MANIFEST=$(MANIFEST) (the same data and split as make reproduce)"
-	BAGNET_DATA=$(DATA_ABS) BAGNET_MANIFEST=$(MANIFEST_ABS) $(VENV)/bin/jupyter lab notebooks/
+	@run_dir=$$(BAGNET_DATA=$(DATA_ABS) $(PY) -m bagnet_lib reference --profile $(PROFILE) --run-dir runs/reference --for-lab); \
+	echo ">>> JupyterLab on $$run_dir with BAGNET_DATA=$(DATA) BAGNET_MANIFEST=$(MANIFEST) (the same data and split as make reproduce)"; \
+	BAGNET_RUN_DIR=$$run_dir BAGNET_DATA=$(DATA_ABS) BAGNET_MANIFEST=$(MANIFEST_ABS) $(VENV)/bin/jupyter lab notebooks/
 
 clean:
 	rm -rf runs/smoke .pytest_cache

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from bagnet_lib.bench import BENCHMARKS
@@ -149,6 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--publish", action="store_true",
                    help="copy the finished run into figures/<profile>/ and results/<profile>/ (never for smoke or "
                         "synthetic-data runs)")
+    f = sub.add_parser("reference", help="a ready run directory from the networks shipped in results/<profile>/networks: "
+                                         "notebooks 02 and 03 skip training, 04 and 05 run on them (seconds)")
+    f.add_argument("--run-dir", default="runs/reference", help="where to lay it out (default runs/reference)")
+    f.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="whose published networks")
+    f.add_argument("--data-dir", default=None, help="the flowers the networks were trained on (default: $BAGNET_DATA, "
+                                                    "then ./data/flowers)")
+    f.add_argument("--for-lab", action="store_true",
+                   help="print the run directory `make lab` should open: runs/<profile> when it holds a finished course, "
+                        "else the reference run (laid out), else runs/<profile>; never fails")
+    f.add_argument("--results-dir", default=None, help="the published results holding networks/ (default results/<profile>)")
+    f.add_argument("--no-progress", action="store_true")
+    v = sub.add_parser("verify", help="recompute every published number that needs no training from the shipped "
+                                      "networks and compare (exit 1 on any mismatch)")
+    v.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="whose published numbers")
+    v.add_argument("--run-dir", default="runs/verify", help="where the recomputation runs (default runs/verify)")
+    v.add_argument("--data-dir", default=None, help="the flowers (default: $BAGNET_DATA, then ./data/flowers)")
+    v.add_argument("--skip-without-networks", action="store_true",
+                   help="exit 0, saying why, when the profile ships no networks or the flowers are missing (CI)")
+    v.add_argument("--results-dir", default=None, help="the published results to check (default results/<profile>)")
+    v.add_argument("--no-progress", action="store_true")
     e = sub.add_parser("seeds", help="the seed study: the course again with more training seeds beside a finished "
                                      "run, its results/seeds.csv, and its write-up (notebook 05) redone with the table")
     e.add_argument("--run-dir", default=None, help="the finished run (default runs/<profile>); seed N goes to "
@@ -220,6 +241,10 @@ def _run(args: argparse.Namespace) -> int:
                   publish_to=REPO if args.publish else None, resume=args.resume, bagnet=args.bagnet,
                   nproc=args.nproc)
         return 0
+    if args.command == "reference":
+        return _reference(args, progress)
+    if args.command == "verify":
+        return _verify(args, progress)
     if args.command == "seeds":
         from bagnet_lib.course.runner import REPO, seed_study
 
@@ -267,6 +292,52 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         close_distributed()
     return 0
+
+
+def _reference(args: argparse.Namespace, progress: bool) -> int:
+    from bagnet_lib.course.reference import lay_out_reference
+    from bagnet_lib.course.runner import REPO
+
+    results = Path(args.results_dir) if args.results_dir else REPO / "results" / args.profile
+    if args.for_lab:  # the run a student opens: their own finished course, else the shipped networks, else train
+        own = REPO / "runs" / args.profile
+        if (own / "results" / "summary.json").is_file():
+            print(own)
+            return 0
+        try:
+            print(lay_out_reference(args.run_dir, results, args.data_dir, progress=False).run_dir.resolve())
+        except UserError as exc:
+            print(f"[lab] no ready run: {exc}", file=sys.stderr)
+            print(own)
+        return 0
+    t0 = time.perf_counter()
+    run = lay_out_reference(args.run_dir, results, args.data_dir, progress)
+    print(f"{run.run_dir}: the networks shipped in {results / 'networks'} ({', '.join(run.trained())}), their data and "
+          f"split, laid out in {time.perf_counter() - t0:.0f} s. Open the notebooks with RUN_DIR = "
+          f"\"{os.path.relpath(run.run_dir.resolve(), REPO / 'notebooks')}\": 02 and 03 skip training, 04 and 05 run on "
+          "them (`make lab` opens this run by default).")
+    return 0
+
+
+def _verify(args: argparse.Namespace, progress: bool) -> int:
+    from bagnet_lib.course.runner import REPO
+    from bagnet_lib.course.verify import format_checks, verify
+    from bagnet_lib.data.folder import find_data_dir
+    from bagnet_lib.nets.shipped import MANIFEST, networks_dir
+
+    results = Path(args.results_dir) if args.results_dir else REPO / "results" / args.profile
+    if args.skip_without_networks:
+        why = (f"{networks_dir(results) / MANIFEST} does not exist: the `{args.profile}` profile ships no networks yet"
+               if not (networks_dir(results) / MANIFEST).is_file() else
+               "no flowers dataset here" if find_data_dir(args.data_dir) is None else None)
+        if why:
+            print(f"verify: skipped, {why}.")
+            return 0
+    t0 = time.perf_counter()
+    checks = verify(results, args.run_dir, args.data_dir, progress)
+    print(format_checks(checks))
+    print(f"verify: {time.perf_counter() - t0:.0f} s")
+    return 0 if all(c.match for c in checks) else 1
 
 
 def _imagenet(args: argparse.Namespace, progress: bool) -> int:

@@ -326,8 +326,12 @@ def test_a_failing_notebook_stops_the_run_and_names_the_cell(tmp_path, synthetic
     assert (tmp_path / "run" / "notebooks" / NOTEBOOKS[0]).is_file()  # kept, with the traceback
 
 
-def test_publish_copies_real_runs_and_refuses_smoke_or_synthetic(tmp_path):
+def test_publish_copies_real_runs_and_refuses_smoke_or_synthetic(tmp_path, monkeypatch):
+    from bagnet_lib.course import runner
     from bagnet_lib.course.runner import publish
+
+    shipped = []  # these runs have no networks; shipping them is tested on a smoke run (test_reference.py)
+    monkeypatch.setattr(runner, "publish_networks", lambda run_dir, res: shipped.append(run_dir) or res / "networks")
 
     def fake_run(name, profile, synthetic):
         run = tmp_path / name
@@ -354,6 +358,7 @@ def test_publish_copies_real_runs_and_refuses_smoke_or_synthetic(tmp_path):
     publish(fake_run("d", "cpu", False), repo)
     assert sorted(p.name for p in (repo / "results" / "cpu").iterdir()) == ["REPORT.md", "summary.json"]
     assert sorted(p.name for p in (repo / "figures" / "cpu").iterdir()) == ["04_drop_curve.png"]
+    assert [p.name for p in shipped] == ["c", "d"]  # every real publication ships its networks, no other
 
 
 @pytest.mark.slow
@@ -438,6 +443,9 @@ def test_a_seed_study_needs_a_finished_run(tmp_path, capsys):
 
 def test_published_notebooks_keep_figures_drop_widgets_and_machine_paths_and_stay_small(tmp_path, monkeypatch):
     from bagnet_lib.course import published_notebooks as pub
+    from bagnet_lib.course import runner
+
+    monkeypatch.setattr(runner, "publish_networks", lambda run_dir, res: res / "networks")  # no networks here
     from bagnet_lib.course.runner import publish
     from bagnet_lib.errors import UserError
     from bagnet_lib.io import PROJECT_ROOT

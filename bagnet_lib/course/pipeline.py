@@ -67,22 +67,33 @@ def _same_manifest(a: str | None, b: str | None) -> bool:
     return (a is None) == (b is None) and (a is None or Path(a).resolve() == Path(b).resolve())
 
 
-def prepare_run(run_dir: str | Path, profile: str | Profile = "cpu", data_dir: str | Path | None = None,
+def default_run_dir(profile: str) -> Path:
+    """The notebooks' `RUN_DIR = None`: $BAGNET_RUN_DIR where it holds a run of this profile (`make lab` sets it to
+    the ready run it opens: your finished course, or the shipped networks laid out), else runs/<profile>."""
+    env = os.environ.get("BAGNET_RUN_DIR")
+    if env and (Path(env) / "run.json").is_file():
+        if json.loads((Path(env) / "run.json").read_text())["profile"]["name"] == profile:
+            return Path(env)
+    return PROJECT_ROOT / "runs" / profile
+
+
+def prepare_run(run_dir: str | Path | None, profile: str | Profile = "cpu", data_dir: str | Path | None = None,
                 manifest: str | Path | bool | None = None, seed: int = 0, allow_synthetic: bool = True,
                 progress: bool = True) -> Run:
-    """Open (or create) a run directory: choose the data, audit it, write the split once.
+    """Open (or create) a run directory: choose the data, audit it, write the split once. `run_dir` None:
+    `default_run_dir`.
 
     `manifest`: a path,split CSV (e.g. the paper's split); `False` (or "") for this project's own split; `None` for
     the run directory's own split if it exists, else $BAGNET_MANIFEST (set by `make lab` to the paper's split when
     the shared flowers are used, so notebooks run by hand give the same split as `make reproduce`), else this
     project's own split. A run directory keeps its split: asking an existing one for another is an error.
     """
-    run_dir = Path(run_dir)
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(profile.name)
     explicit = manifest is not None
     if manifest is None:
         manifest = os.environ.get("BAGNET_MANIFEST")
     manifest = str(manifest) if manifest else None  # False, "" and None: this project's own split
-    profile = get_profile(profile) if isinstance(profile, str) else profile
     meta_path = run_dir / "run.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -147,6 +158,18 @@ def leakage_report(run: Run, manifest: str | Path | None = None) -> pd.DataFrame
     return out
 
 
+MARKER = "reference.json"  # in a run directory laid out from the shipped networks (`course.reference`)
+
+
+def shipped_network(run: Run, model_name: str) -> dict | None:
+    """The published metrics of `model_name` where `run` was laid out from the networks shipped with the repository
+    (`course.reference`), else None: then there is nothing to train."""
+    marker = run.run_dir / MARKER
+    if not marker.is_file() or model_name not in json.loads(marker.read_text())["networks"]:
+        return None
+    return json.loads((run.results / f"{model_name}_metrics.json").read_text())
+
+
 def train_step(run: Run, model_name: str, progress: bool = True, nproc: int | None = None) -> dict:
     """Train `model_name` (resuming if interrupted), adapt its best checkpoint to the test size where the profile
     asks for it (`nets.adapt`: `<name>_adapted.pt`), then score that network on train, val and test.
@@ -156,6 +179,13 @@ def train_step(run: Run, model_name: str, progress: bool = True, nproc: int | No
     comes; this process then reads the metrics it wrote. Under torchrun itself (the CLI), every rank runs
     this function: rank 0 decodes and writes, the evaluation is sharded (`nets.distributed`).
     """
+    shipped = shipped_network(run, model_name)
+    if shipped is not None:
+        if world().main:
+            print(f"{model_name}: the network shipped with the repository "
+                  f"({json.loads((run.run_dir / MARKER).read_text())['shipped_from']}/{model_name}.pt), with its "
+                  "published training results: nothing to train here (`make reproduce` trains it from scratch)")
+        return shipped
     if nproc:
         return train_with_torchrun(run, model_name, nproc, progress)
     p, w = run.profile, world()

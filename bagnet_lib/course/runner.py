@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from bagnet_lib.course.pipeline import SYNTHETIC_BANNER, choose_data
 from bagnet_lib.course.published_notebooks import path_replacements, publish_notebooks
+from bagnet_lib.course.reference import publish_networks
 from bagnet_lib.errors import UserError
 from bagnet_lib.io import PROJECT_ROOT, write_json, write_text
 from bagnet_lib.writeup.readme import update_readme
@@ -210,7 +211,8 @@ def seed_study(run_dir: str | Path, seeds: list[int], publish_to: str | Path | N
 
 def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:
     """Copy a finished real-data run into repo/figures/<profile>/ and repo/results/<profile>/ (its executed
-    notebooks into results/<profile>/notebooks/).
+    notebooks into results/<profile>/notebooks/, the networks it evaluated into results/<profile>/networks/ with
+    their manifest: `course.reference.publish_networks`).
 
     Refuses smoke and synthetic runs (they would overwrite the committed reference results).
     """
@@ -233,6 +235,8 @@ def publish(run_dir: str | Path, repo: str | Path = REPO) -> Path | None:
                 old.unlink()
         for name in sorted(new):
             shutil.copy2(src / name, dst / name)
+    shipped = publish_networks(run_dir, res)
+    print(f"[publish] shipped the evaluated networks, their split and manifest in {shipped}")
     report = (run_dir / "REPORT.md").read_text().replace("](figures/", f"](figures/{profile}/")
     write_text(res / "REPORT.md", report.replace(f"](figures/{profile}/", f"](../../figures/{profile}/"))
     if profile == "cpu":  # the reference run: top-level REPORT.md and the README's results and docs/performance.md's timings

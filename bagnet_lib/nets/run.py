@@ -28,7 +28,7 @@ from bagnet_lib.data.tensors import ImageTensors, load_split_tensors
 from bagnet_lib.errors import UserError
 from bagnet_lib.nets.models import BAGNETS, build_model
 from bagnet_lib.nets.profiles import Profile
-from bagnet_lib.nets.train import load_best, select_device
+from bagnet_lib.nets.train import load_best, select_device, use_channels_last
 
 
 @dataclass
@@ -65,8 +65,11 @@ class Run:
         return self._decoded[split]
 
     def trained(self, prefix: str = "") -> list[str]:
-        """The models of this run with a best checkpoint (e.g. `trained("bagnet")`), sorted by name."""
-        return sorted(p.name.removesuffix("_best.pt") for p in (self.run_dir / "checkpoints").glob(f"{prefix}*_best.pt"))
+        """The models of this run with trained weights (e.g. `trained("bagnet")`), sorted by name: a best checkpoint,
+        or only the adapted one where the run holds the networks shipped with the repository (`course.reference`)."""
+        found = {p.name.rsplit("_", 1)[0] for kind in ("best", "adapted")
+                 for p in (self.run_dir / "checkpoints").glob(f"{prefix}*_{kind}.pt")}
+        return sorted(found)
 
     def bagnet(self, requested: str | None = None) -> str:
         """The BagNet this run studies: `requested`, else the one BagNet notebook 03 trained here.
@@ -94,7 +97,9 @@ class Run:
         return self.run_dir / "checkpoints" / f"{name}_{'adapted' if p.adapt_bn or p.adapt_epochs else 'best'}.pt"
 
     def model(self, name: str, best: bool = True) -> torch.nn.Module:
-        """The model `name` with its trained weights from this run (`checkpoint`) loaded, in eval mode."""
+        """The model `name` with its trained weights from this run (`checkpoint`) loaded, in eval mode, in the memory
+        layout it trained in (`nets.train.use_channels_last`): in bf16 the two layouts run other kernels, so every
+        number of the course (the training's test metrics, the logit cache, pixel blackout) comes from one layout."""
         model = build_model(name, len(self.classes), width=self.profile.width)
         ckpt = self.checkpoint(name)
         if best:
@@ -104,4 +109,8 @@ class Run:
                                 f"{'03' if name in BAGNETS else '02'}), which also adapts it to the test size where "
                                 "the profile asks for it.")
             load_best(model, ckpt)
-        return model.to(select_device()).eval()
+        device = select_device()
+        model = model.to(device).eval()
+        if use_channels_last(model, device, self.profile.for_model(name).channels_last):
+            model = model.to(memory_format=torch.channels_last)  # the layout it trained and was scored in
+        return model
