@@ -36,8 +36,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from bagnet_lib.course.reference import lay_out_reference
 from bagnet_lib.course.runner import NOTEBOOK_DIR, NOTEBOOKS, reproduce
-from tests.conftest import PAPER_SPLIT, shared_flowers
+from tests.conftest import PAPER_SPLIT, ROOT, shared_flowers
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -263,9 +264,11 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def explorer_run(chromium, tmp_path_factory, synthetic_root) -> tuple[Path, Path, Path | None, str, int]:
-    """The run directory notebook 04 reads, with notebooks 01-03 done (split, checkpoints): a fresh smoke run, or,
-    with BAGNET_EXPLORER_RUN_DIR, a copy of that finished run (the cpu reference run, for the README's screenshot
-    of a real patch grid); the copy leaves the original untouched. Returns (run, data, manifest, profile, seed)."""
+    """The run directory notebook 04 reads, with notebooks 01-03 done (split, checkpoints): with
+    BAGNET_EXPLORER_RUN_DIR, a copy of that finished run (for the README's screenshot); else, where the repository
+    ships the `cpu` networks and the flowers are here, the reference run laid out from them (what a user explores:
+    the 24×24 grid, a couple of minutes for notebook 04); else a fresh smoke run (4×4 grid). The copy leaves the
+    original untouched. Returns (run, data, manifest, profile, seed)."""
     given = os.environ.get("BAGNET_EXPLORER_RUN_DIR")
     if given:
         src = Path(given).resolve()
@@ -279,6 +282,11 @@ def explorer_run(chromium, tmp_path_factory, synthetic_root) -> tuple[Path, Path
         return run_dir, Path(meta["data_dir"]), manifest, meta["profile"]["name"], int(meta["seed"])
     run_dir = tmp_path_factory.mktemp("browser") / "run"
     data = shared_flowers()
+    shipped = ROOT / "results" / "cpu" / "networks" / "networks.json"
+    if data is not None and shipped.is_file():  # what a user sees: the shipped networks on the 24×24 grid
+        run = lay_out_reference(run_dir, ROOT / "results" / "cpu", data.resolve(), progress=False)
+        meta = json.loads((run_dir / "run.json").read_text())
+        return run_dir, run.data_dir, Path(meta["manifest"]) if meta.get("manifest") else None, "cpu", run.seed
     manifest = PAPER_SPLIT if data is not None and PAPER_SPLIT.is_file() else None
     data = (data or synthetic_root).resolve()  # absolute: JupyterLab runs the notebook from elsewhere
     reproduce("smoke", run_dir, data, manifest, seed=0, notebooks=NOTEBOOKS[:3], cell_timeout=600)
