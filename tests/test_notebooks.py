@@ -427,6 +427,10 @@ def test_the_seed_study_runs_a_seed_on_another_machine_and_gathers_it_into_the_w
     summary = json.loads((base / "results" / "summary.json").read_text())
     assert [r["seed"] for r in summary["seeds"]["rows"]] == [0, 1]
     assert "over 2 training seeds" in summary["verdicts"][0]["evidence"]
+    c = [v for v in summary["verdicts"] if v["claim"].startswith("(c)")]  # (c) gives its verdict over the seeds too
+    assert all(set(map(int, v["numbers"]["seed_changes"])) == {0, 1} and v["numbers"]["seed_verdict"] for v in c)
+    assert len(c) == 2
+    assert "over the 2 training seeds: **" in (base / "REPORT.md").read_text()
     assert "### How much is luck? 2 training seeds" in (base / "REPORT.md").read_text()
     assert read_records(base / "notebooks" / NOTEBOOKS[-1])["seeds"] == [0, 1]
     assert (base / "results" / "timings.json").read_bytes() == (src / "results" / "timings.json").read_bytes()
