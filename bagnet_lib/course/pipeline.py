@@ -98,10 +98,12 @@ def prepare_run(run_dir: str | Path | None, profile: str | Profile = "cpu", data
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta["profile"]["name"] != profile.name or meta["seed"] != seed:
+            example = (run_dir.parent / f"{run_dir.name}-seed{seed}" if meta["profile"]["name"] == profile.name
+                       else run_dir.parent / profile.name)
             raise UserError(f"{run_dir} holds a run with profile {meta['profile']['name']!r} and seed {meta['seed']}; "
                             f"this one asks for {profile.name!r} and seed {seed}. A run directory holds one course: "
-                            "use another run directory (RUN_DIR in a notebook, --run-dir on the command line), e.g. "
-                            f"{run_dir.parent / (run_dir.name + f'-seed{seed}')}.")
+                            "use another run directory (RUN_DIR in a notebook, another --run-dir on the command line), "
+                            f"e.g. {example}.")
         if explicit and not meta["synthetic"] and not _same_manifest(manifest, meta.get("manifest")):
             had = f"the split of {meta['manifest']}" if meta.get("manifest") else "this project's own split"
             wants = f"the split of {manifest}" if manifest else "this project's own split"
