@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper curve structured aggregations channel pixel (default: all)")
     _add_run_args(k)
     b = sub.add_parser("bench", help="benchmarks: sweep (cache vs recompute), sparse (compute only kept patches), train "
-                                     "(step speed), precision (bf16 vs fp32 accuracy), ddp (world size 2 against 1), imagenet "
+                                     "(step speed), evaluation (compiled vs eager evaluation passes), precision (bf16 vs fp32 accuracy), ddp (world size 2 against 1), imagenet "
                                      "(the streaming ImageNet pass: speed, sweep cost, memory against N)")
     b.add_argument("name", choices=BENCHMARKS)
     b.add_argument("--json", default=None, help="also write the result as JSON to this path")

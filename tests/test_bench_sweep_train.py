@@ -104,42 +104,49 @@ def test_train_quick_structure(train_result):
     r = train_result
     assert r["data"] == "synthetic"  # the quick run never reads the real photos
     assert set(r["models"]) == {"resnet50", "bagnet33"}
-    assert all(_positive_finite(r["peak_gflops"][p]) for p in ("fp32", "bf16"))
+    assert _positive_finite(r["peak_gflops"]["bf16"])
     expected_precision = bench_train.resolve_precision("bf16", torch.device("cpu"))
+    cpu = get_profile("cpu")
     for name, m in r["models"].items():
         bagnet = name == "bagnet33"
-        assert {k: m["settings"][k] for k in ("precision", "channels_last", "compile")} == {
-            "precision": expected_precision, "channels_last": True, "compile": bagnet}
-        assert m["fp32_nchw"]["precision"] == "fp32" and not m["fp32_nchw"]["channels_last"]
-        assert m["today"]["precision"] == expected_precision and m["today"]["channels_last"] == (not bagnet)
-        assert not m["today"]["compile"] and m["profile"]["compile"] == bagnet
-        if bagnet:  # compiled for real (a toolchain is here), once, outside the timed steps
-            assert m["settings"]["compile_fallback"] is None and _positive_finite(m["compile_s"])
-        else:
-            assert m["compile_s"] is None
-        assert m["speedup_vs_today"] == pytest.approx(m["profile"]["images_per_s"] / m["today"]["images_per_s"])
-        for key in ("fp32_nchw", "today", "profile"):
+        p = cpu.for_model(name)
+        assert (m["profile"]["train_crop"], m["profile"]["batch_size"]) == (p.train_crop, p.batch_size)
+        assert (m["previous"]["train_crop"], m["previous"]["batch_size"]) == (
+            bench_train.PREVIOUS[name]["train_size"], bench_train.PREVIOUS[name]["batch_size"])
+        assert m["prebuilt"]["prebuilt"] and not m["profile"]["prebuilt"] and not m["previous"]["prebuilt"]
+        for key in ("previous", "profile", "prebuilt"):
             a = m[key]
-            for k in ("images_per_s", "gflops", "peak_gflops", "fraction_of_peak", "seconds"):
+            assert a["precision"] == expected_precision and a["channels_last"] and a["compile"] == bagnet
+            for k in ("images_per_s", "gflops", "peak_gflops", "fraction_of_peak", "seconds", "flops_per_image"):
                 assert _positive_finite(a[k]), (name, key, k)
             assert 0 <= a["data_wait_fraction"] <= 1
-            assert a["peak_gflops"] == r["peak_gflops"][a["precision"]]  # the peak of the precision it uses
+            assert a["peak_gflops"] == r["peak_gflops"]["bf16"]
             assert a["fraction_of_peak"] == pytest.approx(a["gflops"] / a["peak_gflops"])
-            assert a["gflops"] == pytest.approx(m["flops_per_image"] * a["images_per_s"] / 1e9)
-        assert m["speedup"] == pytest.approx(m["profile"]["images_per_s"] / m["fp32_nchw"]["images_per_s"])
+            assert a["gflops"] == pytest.approx(a["flops_per_image"] * a["images_per_s"] / 1e9)
+        if bagnet:  # compiled for real (a toolchain is here), once per arm, outside the timed steps
+            assert m["compile_fallback"] is None and set(m["compile_s"]) == {"previous", "profile"}
+        else:
+            assert m["compile_s"] is None
+        assert m["speedup_vs_previous"] == pytest.approx(m["profile"]["images_per_s"] / m["previous"]["images_per_s"])
+        assert m["augmentation_cost"] == pytest.approx(1 - m["profile"]["images_per_s"] / m["prebuilt"]["images_per_s"])
+        ops = m["top_ops"]
+        assert 0 < len(ops) <= bench_train.TOP_OPS and all(o["self_cpu_s"] > 0 and 0 < o["share"] <= 1 for o in ops)
+        assert [o["self_cpu_s"] for o in ops] == sorted((o["self_cpu_s"] for o in ops), reverse=True)
     json.dumps(r)
     table = bench_train.format_table(r)
-    assert "| resnet50 | fp32, NCHW, eager | " in table and "(today)" in table and "GFLOP/s bf16" in table
-    assert "| bagnet33 | bf16, channels-last, torch.compile (the profile); compiled in " in table
+    assert "| resnet50 | previous profile (bf16, channels-last, eager) | 128 px | 32 |" in table
+    assert "| bagnet33 | the profile, batches built beforehand (bf16, channels-last, torch.compile) |" in table
+    assert "Top operators of bagnet33's step" in table and "bagnet33: compiled in " in table
 
 
 @pytest.mark.slow
 def test_train_flops_bagnet_costs_more_per_image(train_result):
     """A BagNet has no stem downsampling (stride-1 stem, no max-pool), so it costs more per image."""
     m = train_result["models"]
-    assert m["bagnet33"]["flops_per_image"] > m["resnet50"]["flops_per_image"]
-    # forward + backward ≈ 3 forward passes; ResNet-50 at width 0.25, 112 px: ≈ 4.1 GFLOP·(1/16)·(1/4)·2·3
-    assert 0.2e9 < m["resnet50"]["flops_per_image"] < 0.7e9
+    for arm in ("previous", "profile"):
+        assert m["bagnet33"][arm]["flops_per_image"] > m["resnet50"][arm]["flops_per_image"]
+    # forward + backward ≈ 3 forward passes; ResNet-50 at width 0.25, 128 px: ≈ 4.1 GFLOP·(1/16)·(128/224)²·2·3
+    assert 0.3e9 < m["resnet50"]["profile"]["flops_per_image"] < 0.8e9
 
 
 def test_matmul_peak_helper_measures_each_precision(one_thread):
@@ -151,13 +158,17 @@ def test_matmul_peak_helper_measures_each_precision(one_thread):
 def test_readme_block_is_rewritten_from_the_json(tmp_path):
     from bagnet_lib.cli import main
 
-    arm = lambda prec, cl, ips, comp=False: {"precision": prec, "channels_last": cl, "compile": comp,  # noqa: E731
+    arm = lambda crop, ips, prebuilt=False: {"train_crop": crop, "batch_size": 32, "precision": "bf16",  # noqa: E731
+                                             "channels_last": True, "compile": False, "prebuilt": prebuilt,
                                              "images_per_s": ips, "data_wait_fraction": 0.02, "gflops": 50.0,
                                              "fraction_of_peak": 0.25}
-    result = {"benchmark": "train", "quick": False, "data": "real", "image_size": 112, "width": 0.25,
-              "batch_size": 32, "torch_threads": 2, "peak_gflops": {"fp32": 150.0, "bf16": 400.0},
-              "models": {"resnet50": {"fp32_nchw": arm("fp32", False, 140.0), "today": arm("bf16", True, 280.0),
-                                      "profile": arm("bf16", True, 350.0, True), "compile_s": 61.4}}}
+    result = {"benchmark": "train", "quick": False, "data": "real", "image_size": 224, "width": 0.25,
+              "torch_threads": 2, "peak_gflops": {"bf16": 400.0},
+              "models": {"resnet50": {"previous": arm(128, 250.0), "profile": arm(112, 300.0),
+                                      "prebuilt": arm(112, 330.0, True), "compile_s": None,
+                                      "augmentation_cost": 1 - 300 / 330,
+                                      "top_ops": [{"op": "aten::convolution", "calls_per_step": 53, "self_cpu_s": 0.05,
+                                                   "share": 0.4}]}}}
     js = tmp_path / "train.json"
     js.write_text(json.dumps(result))
     readme = tmp_path / "README.md"
@@ -165,9 +176,10 @@ def test_readme_block_is_rewritten_from_the_json(tmp_path):
     assert main(["bench", "train", "--from-json", str(js), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old" not in text and text.endswith("rest\n")
-    assert ("| resnet50 | bf16, channels-last, torch.compile (the profile); compiled in 61 s | 350 | 2.50× | **1.25×** "
-            "| 50 | 25 % | 2.0 % |") in text
-    assert "| resnet50 | bf16, channels-last, eager (today) | 280 | 2.00× | 1.00× |" in text
+    assert "| resnet50 | the profile (bf16, channels-last, eager) | 112 px | 32 | 300 | **1.20×** | 50 | 25 % | 2.0 % |" in text
+    assert "| resnet50 | previous profile (bf16, channels-last, eager) | 128 px | 32 | 250 | 1.00× |" in text
+    assert "costs the live step 9 % of the prebuilt one's images/s" in text
+    assert "| `aten::convolution` | 53 | 50.0 | 40.0 % |" in text
 
 
 # --------------------------------------------------------------------------- precision

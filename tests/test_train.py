@@ -77,11 +77,14 @@ def test_loss_falls_on_the_training_images(tmp_path_factory, tmp_path):
     assert result.best_val_acc == hist["val_acc"].max()
 
 
-@pytest.mark.parametrize("name,precision", [("bagnet33", "fp32"), ("bagnet33", "bf16"), ("resnet50", "bf16")])
-def test_an_interrupted_run_resumes_to_identical_weights(data, tmp_path, monkeypatch, name, precision):
+@pytest.mark.parametrize("name,precision,extra", [
+    ("bagnet33", "fp32", {}), ("bagnet33", "bf16", {}), ("resnet50", "bf16", {}),
+    # the cpu profile's levers: validation on some epochs only, no weight decay on BatchNorm and biases
+    ("resnet50", "bf16", {"val_every": 2, "norm_weight_decay": False, "weight_decay": 5e-4})])
+def test_an_interrupted_run_resumes_to_identical_weights(data, tmp_path, monkeypatch, name, precision, extra):
     """In every precision (and channels-last for ResNet-50): same seed, same weights; resumed = uninterrupted."""
     train, val = data
-    profile = _profile(epochs=3, precision=precision, channels_last=True)
+    profile = _profile(epochs=3, precision=precision, channels_last=True, **extra)
     _model = lambda: _build(name)  # noqa: E731
     straight = _model()
     train_model(straight, train, val, profile, tmp_path / "a", "bag", seed=7, progress=False)
@@ -325,13 +328,15 @@ def _sgd_step_by_hand(model, images, labels, profile, precision, channels_last):
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=profile.label_smoothing)
     loss.backward()
     with torch.no_grad():  # the first step: the momentum buffer is the gradient itself (with weight decay)
-        for p in model.parameters():
-            p.add_(p.grad.add(p, alpha=profile.weight_decay), alpha=-profile.lr)
+        for p in model.parameters():  # BatchNorm weights and biases decay only with norm_weight_decay
+            decay = profile.weight_decay if p.dim() > 1 or profile.norm_weight_decay else 0.0
+            p.add_(p.grad.add(p, alpha=decay), alpha=-profile.lr)
     return loss.detach()
 
 
-@pytest.mark.parametrize("precision,channels_last", [("fp32", False), ("bf16", True)])
-def test_one_training_step_written_by_hand_is_the_librarys_step(data, precision, channels_last):
+@pytest.mark.parametrize("precision,channels_last,norm_weight_decay", [("fp32", False, True), ("bf16", True, True),
+                                                                     ("bf16", True, False)])
+def test_one_training_step_written_by_hand_is_the_librarys_step(data, precision, channels_last, norm_weight_decay):
     """`train_on_batch` with the optimiser `make_optimizer` builds is forward, label-smoothed cross-entropy in fp32,
     backward, and SGD's update w ← w − lr·(g + wd·w): bit for bit, weights and BatchNorm statistics alike."""
     import copy
@@ -339,7 +344,8 @@ def test_one_training_step_written_by_hand_is_the_librarys_step(data, precision,
     from bagnet_lib.data.tensors import train_batches
 
     train, _ = data
-    profile = _profile(label_smoothing=0.1, weight_decay=5e-4, momentum=0.9, lr=0.05)
+    profile = _profile(label_smoothing=0.1, weight_decay=5e-4, momentum=0.9, lr=0.05,
+                       norm_weight_decay=norm_weight_decay)
     precision = precision_mod.resolve_precision(precision, torch.device("cpu"))
     images, labels = next(train_batches(train, SIZE, 4, seed=0, epoch=0))
     start = _model("resnet50")
@@ -379,3 +385,56 @@ def test_predict_as_trained_gives_the_validation_numbers_of_the_history(data, tm
     assert fresh.layer1[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
     if precision_mod.resolve_precision("bf16", torch.device("cpu")) == "bf16":  # the old demo's fp32 path differs
         assert cross_entropy(predict(fresh, eval_batch(val, SIZE)), val.labels) != best["val_loss"]
+
+
+def test_validation_runs_on_the_epochs_the_profile_names_and_the_best_is_among_them(data, tmp_path, monkeypatch):
+    """`val_every=2, val_last=1` over 5 epochs validates after epochs 2, 4 and 5 (the last always): one validation
+    pass each, NaN in the history's other rows, the best checkpoint from a validated epoch."""
+    train, val = data
+    p = _profile(epochs=5, val_every=2, val_last=1)
+    assert [e for e in range(1, 6) if p.validates(e)] == [2, 4, 5]
+    assert all(_profile(epochs=5).validates(e) for e in range(1, 6))  # the default: every epoch
+    calls = []
+    real = train_mod.predict_as_trained
+    monkeypatch.setattr(train_mod, "predict_as_trained", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = train_model(_model(), train, val, p, tmp_path, "bagnet33", progress=False)
+    h = result.history
+    assert len(calls) == 3
+    assert h["val_acc"].isna().tolist() == [True, False, True, False, False]
+    assert result.best_epoch in (2, 4, 5)
+    assert result.best_val_acc == h["val_acc"].max()
+    saved = pd.read_csv(tmp_path / "bagnet33_history.csv")
+    assert saved["val_acc"].isna().tolist() == [True, False, True, False, False]
+    # validation draws no random numbers and changes no weight: validating every epoch trains the same network
+    every = _model()
+    train_model(every, train, val, _profile(epochs=5), tmp_path / "every", "bagnet33", progress=False)
+    sparse = _model()
+    sparse.load_state_dict(torch.load(tmp_path / "bagnet33_last.pt", weights_only=True)["model"])
+    for (k, a), b in zip(every.state_dict().items(), sparse.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_without_norm_weight_decay_only_conv_and_linear_weights_decay(data):
+    """`norm_weight_decay=False`: BatchNorm weights and biases get none (their group's weight_decay is 0); with the
+    default, one group decays every parameter."""
+    model = _model()
+    n_params = len([q for q in model.parameters()])
+    default = train_mod.make_optimizer(model, _profile(weight_decay=5e-4))
+    assert len(default.param_groups) == 1 and default.param_groups[0]["weight_decay"] == 5e-4
+    split = train_mod.make_optimizer(model, _profile(weight_decay=5e-4, norm_weight_decay=False))
+    decayed, kept = split.param_groups
+    assert decayed["weight_decay"] == 5e-4 and kept["weight_decay"] == 0.0
+    assert len(decayed["params"]) + len(kept["params"]) == n_params
+    assert all(q.dim() == 4 or q.dim() == 2 for q in decayed["params"])
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert any(q is bn.weight for q in kept["params"]) and any(q is bn.bias for q in kept["params"])
+    # one step without gradient: SGD's decay alone moves the conv weights and leaves BatchNorm's scale where it was
+    for q in model.parameters():
+        q.grad = torch.zeros_like(q)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    w0, g0 = conv.weight.detach().clone(), bn.weight.detach().clone()
+    with torch.no_grad():
+        bn.weight.fill_(1.0)
+        g0 = bn.weight.clone()
+    split.step()
+    assert not torch.equal(conv.weight, w0) and torch.equal(bn.weight, g0)

@@ -1,44 +1,44 @@
-"""`bench train`: the library's own training step: fp32 NCHW, today's setting and the `cpu` profile's, side by side.
+"""`bench train`: the library's own training step in the `cpu` profile's setting, beside the setting it replaced.
 
 What is timed is exactly what `train.train_model` runs for every batch: `train.epoch_batches` (the
 decoded images, augmented by `train_batches`, prepared a batch ahead in a background thread) feeding
-`train.train_on_batch` (normalise, forward under autocast, cross-entropy, backward, SGD step), at the
-`cpu` profile's settings as each network trains with them (`Profile.for_model`: its training crop, width,
-batch size, optimizer). Three arms per model, alternated
-round by round so that drift on a shared machine hits all of them:
+`train.train_on_batch` (normalise, forward under autocast, cross-entropy, backward, SGD step), as each network
+trains with the profile (`Profile.for_model`: its training crop, batch size, precision, layout, compilation).
+Three arms per model, alternated round by round so that drift on a shared machine hits all of them:
 
-- `fp32 NCHW`: the step as the library first ran it (fp32, the default memory layout);
-- `today`: the setting before the 224 px issue: bf16 autocast, eager, channels-last for ResNet-50 only
-  (BagNets NCHW: their strided 1×1 shortcut crashed oneDNN channels-last);
-- `profile`: the profile's setting now: its precision (`precision.resolve_precision`), layout
-  (`train.use_channels_last`: BagNets too, with the shortcut rewrite) and `torch.compile`
-  (`train.use_compile`: BagNets on CPU), through `train.CompiledOrEager` as `train_model` runs it; its
-  first step's time, compilation included, is `compile_s`, outside the timed steps.
+- `previous`: the profile's setting before the "course in half the time" issue (`PREVIOUS`: ResNet-50 on 128 px
+  crops, BagNet-33 on 144 px crops, batch 32; bf16, channels-last, BagNets compiled), with live prefetch;
+- `profile`: the profile's setting now, with live prefetch, as `train_model` runs it;
+- `prebuilt`: the same network and step as `profile`, fed batches that were augmented before the timer started:
+  the difference is what the augmentation thread costs the step on a 2-core machine (it shares the cores).
 
-Per arm: images/s over whole steps, the *data wait* (time blocked waiting for the next batch), and
-achieved GFLOP/s = FLOPs of one step (forward + backward, counted by
-`torch.utils.flop_counter.FlopCounterMode`: convolutions and matrix products) / time per step, as a
-fraction of the matmul peak *of the precision that arm uses*: the same run's `torch.mm` of 2048×2048
-matrices in fp32 and in bf16. The quick run (tests) uses tiny synthetic data and few steps.
+Compiled arms run through `compiled.CompiledOrEager` as `train_model` runs them; the first step (compilation
+included) is `compile_s`, outside the timed steps. Per arm: images/s over whole steps, the *data wait* (time
+blocked waiting for the next batch), and achieved GFLOP/s = FLOPs of one step at that arm's crop (forward +
+backward, counted by `torch.utils.flop_counter.FlopCounterMode`: convolutions and matrix products) / time per
+step, as a fraction of the bf16 matmul peak (the same run's `torch.mm` of 2048×2048 matrices). Then
+`torch.profiler` records a few of the profile arm's steps: the top operators by their own CPU time say what
+limits the step. The quick run (tests) uses tiny synthetic data and few steps.
 """
 from __future__ import annotations
 
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bagnet_lib.data.folder import class_names, find_data_dir, list_images
-from bagnet_lib.data.tensors import ImageTensors, base_size_for, decode_images
+from bagnet_lib.data.tensors import ImageTensors, base_size_for, decode_images, train_batches
 from bagnet_lib.errors import UserError
+from bagnet_lib.nets.compiled import CompiledOrEager
 from bagnet_lib.nets.models import build_model
 from bagnet_lib.nets.precision import resolve_precision
 from bagnet_lib.nets.profiles import get_profile
 from bagnet_lib.nets.train import (
-    CompiledOrEager,
     epoch_batches,
     make_optimizer,
     train_on_batch,
@@ -48,17 +48,20 @@ from bagnet_lib.nets.train import (
 
 MODELS = ("resnet50", "bagnet33")
 NUM_CLASSES = 5
-TARGET_RATIO = 1.8  # the speed-up over fp32 NCHW the training-speed issue asked for, per model
-TARGET_VS_TODAY = {"resnet50": 1.2, "bagnet33": 1.3}  # the 224 px issue's targets: the profile over `today`
-TARGET_DATA_WAIT = 0.05
+# The cpu profile's training settings before the "course in half the time" issue (what `previous` times)
+PREVIOUS = {"resnet50": {"train_size": 128, "crop_scale_min": 0.16, "crop_scale_max": 0.5, "batch_size": 32},
+            "bagnet33": {"train_size": 144, "crop_scale_min": 0.2, "crop_scale_max": 0.6, "batch_size": 32}}
+TARGET_VS_PREVIOUS = {"bagnet33": 1.3}  # that issue's targets for BagNet-33: 1.3× the images/s, or 45 % of the peak
+TARGET_FRACTION_OF_PEAK = {"bagnet33": 0.45}
+TOP_OPS = 12
 
 
 def _settings(quick: bool) -> dict:
     if quick:
         return {"rounds": 1, "steps": 2, "warmup": 1, "peak_calls": 2, "peak_n": 512, "synthetic_per_class": 16,
-                "real_subset": None}
+                "real_subset": None, "profiled_steps": 1}
     return {"rounds": 5, "steps": 8, "warmup": 2, "peak_calls": 8, "peak_n": 2048, "synthetic_per_class": 40,
-            "real_subset": 640}
+            "real_subset": 640, "profiled_steps": 4}
 
 
 # --------------------------------------------------------------------------- data
@@ -141,18 +144,20 @@ def _new_model(name: str, profile, channels_last: bool = False):
 
 
 class _Arm:
-    """One configuration of the step: a model, its optimizer and an endless stream of epochs' batches."""
+    """One configuration of the step: a model, its optimizer and an endless stream of epochs' batches (live, with
+    the prefetch thread); `run(prebuilt=True)` feeds the same step batches augmented before the timer starts."""
 
-    def __init__(self, name: str, profile, data: ImageTensors, precision: str, channels_last: bool,
-                 compile: bool = False):
-        self.precision, self.channels_last = precision, channels_last
-        self.model, self.opt = _new_model(name, profile, channels_last)
-        self.net = CompiledOrEager(self.model) if compile else self.model
-        self.compile = compile
+    def __init__(self, name: str, profile, data: ImageTensors):
+        device = torch.device("cpu")
+        probe = build_model(name, NUM_CLASSES, width=profile.width)
+        self.precision = resolve_precision(profile.precision, device)
+        self.channels_last = use_channels_last(probe, device, profile.channels_last)
+        self.compile = use_compile(probe, device, profile.compile)
+        self.model, self.opt = _new_model(name, profile, self.channels_last)
+        self.net = CompiledOrEager(self.model) if self.compile else self.model
         self.profile, self.data = profile, data
         self.batches = self._stream()
-        self.images = 0
-        self.total_s = self.data_s = 0.0
+        self.timers = {False: _Timer(), True: _Timer()}  # live, prebuilt
 
     def _stream(self):
         epoch = 0
@@ -160,50 +165,79 @@ class _Arm:
             yield from epoch_batches(self.data, self.profile, 0, epoch)
             epoch += 1
 
-    def run(self, warmup: int, steps: int) -> None:
+    def step(self, x, y) -> None:
+        train_on_batch(self.net, self.opt, x, y, precision=self.precision, channels_last=self.channels_last,
+                       label_smoothing=self.profile.label_smoothing)
+
+    def run(self, warmup: int, steps: int, prebuilt: bool = False) -> None:
+        p = self.profile
+        ready = iter([next(train_batches(self.data, p.train_crop, p.batch_size, 1000 + i, 0,
+                                         scale_min=p.crop_scale_min, scale_max=p.crop_scale_max))
+                      for i in range(warmup + steps)]) if prebuilt else self.batches
+        timer = self.timers[prebuilt]
         for i in range(warmup + steps):
             t0 = time.perf_counter()
-            x, y = next(self.batches)
+            x, y = next(ready)
             t1 = time.perf_counter()
-            train_on_batch(self.net, self.opt, x, y, precision=self.precision, channels_last=self.channels_last,
-                           label_smoothing=self.profile.label_smoothing)
+            self.step(x, y)
             t2 = time.perf_counter()
             if i >= warmup:
-                self.data_s += t1 - t0
-                self.total_s += t2 - t0
-                self.images += len(y)
+                timer.add(len(y), t1 - t0, t2 - t0)
 
 
-def _bench_model(name: str, profile, data: ImageTensors, settings: dict, peaks: dict[str, float]) -> dict:
-    device = torch.device("cpu")
-    probe = build_model(name, NUM_CLASSES, width=profile.width)
-    precision = resolve_precision(profile.precision, device)
-    chosen = {"precision": precision, "channels_last": use_channels_last(probe, device, profile.channels_last),
-              "compile": use_compile(probe, device, profile.compile)}
-    arms = {"fp32_nchw": _Arm(name, profile, data, "fp32", False),
-            "today": _Arm(name, profile, data, precision, not probe.is_bagnet),
-            "profile": _Arm(name, profile, data, precision, chosen["channels_last"], chosen["compile"])}
-    compile_s = None
-    if chosen["compile"]:  # the one compilation of a process, outside the timed steps
-        arms["profile"].run(1, 0)
-        compile_s, fallback = arms["profile"].net.compile_s, arms["profile"].net.fallback
-        chosen["compile_fallback"] = fallback
+class _Timer:
+    def __init__(self):
+        self.images, self.total_s, self.data_s = 0, 0.0, 0.0
+
+    def add(self, images: int, data_s: float, total_s: float) -> None:
+        self.images += images
+        self.data_s += data_s
+        self.total_s += total_s
+
+
+def top_ops(arm: _Arm, steps: int, n: int = TOP_OPS) -> list[dict]:
+    """The operators of `steps` of the arm's training steps (live batches) with the most own CPU time
+    (`torch.profiler`): name, calls, seconds, share of the profiled time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        arm.run(0, steps)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return [{"op": e.key, "calls_per_step": e.count / steps, "self_cpu_s": e.self_cpu_time_total / 1e6 / steps,
+             "share": e.self_cpu_time_total / total} for e in events[:n]]
+
+
+def _bench_model(name: str, profile, data: ImageTensors, settings: dict, peak: float) -> dict:
+    previous_profile = replace(profile, **PREVIOUS[name])
+    arms = {"previous": _Arm(name, previous_profile, data), "profile": _Arm(name, profile, data)}
+    compile_s = {}
+    for key, arm in arms.items():  # the one compilation of each arm, outside the timed steps
+        arm.run(1, 0)
+        if arm.compile:
+            compile_s[key] = arm.net.compile_s
     for _ in range(settings["rounds"]):  # alternate: drift on a shared machine hits every arm
-        for arm in arms.values():
-            arm.run(settings["warmup"], settings["steps"])
-    flops = step_flops(name, profile, data)
-    out = {"settings": chosen, "compile_s": compile_s, "flops_per_step": flops,
-           "flops_per_image": flops / profile.batch_size}
-    for key, arm in arms.items():
-        per_s = arm.images / arm.total_s
-        gflops = flops / profile.batch_size * per_s / 1e9
-        peak = peaks[arm.precision]
-        out[key] = {"precision": arm.precision, "channels_last": arm.channels_last, "compile": arm.compile,
-                    "images_per_s": per_s, "data_wait_fraction": arm.data_s / arm.total_s, "gflops": gflops,
-                    "peak_gflops": peak, "fraction_of_peak": gflops / peak, "images": arm.images,
-                    "seconds": arm.total_s}
-    out["speedup"] = out["profile"]["images_per_s"] / out["fp32_nchw"]["images_per_s"]
-    out["speedup_vs_today"] = out["profile"]["images_per_s"] / out["today"]["images_per_s"]
+        arms["previous"].run(settings["warmup"], settings["steps"])
+        arms["profile"].run(settings["warmup"], settings["steps"])
+        arms["profile"].run(settings["warmup"], settings["steps"], prebuilt=True)
+    out = {"compile_s": compile_s or None,
+           "compile_fallback": next((a.net.fallback for a in arms.values() if a.compile and a.net.fallback), None)}
+    for key, arm, prebuilt in (("previous", arms["previous"], False), ("profile", arms["profile"], False),
+                               ("prebuilt", arms["profile"], True)):
+        t = arm.timers[prebuilt]
+        p = arm.profile
+        flops = step_flops(name, p, data)
+        per_s = t.images / t.total_s
+        gflops = flops / p.batch_size * per_s / 1e9
+        out[key] = {"train_crop": p.train_crop, "batch_size": p.batch_size, "precision": arm.precision,
+                    "channels_last": arm.channels_last, "compile": arm.compile, "prebuilt": prebuilt,
+                    "images_per_s": per_s, "data_wait_fraction": t.data_s / t.total_s,
+                    "flops_per_image": flops / p.batch_size, "gflops": gflops, "peak_gflops": peak,
+                    "fraction_of_peak": gflops / peak, "images": t.images, "seconds": t.total_s}
+    out["speedup_vs_previous"] = out["profile"]["images_per_s"] / out["previous"]["images_per_s"]
+    out["augmentation_cost"] = 1 - out["profile"]["images_per_s"] / out["prebuilt"]["images_per_s"]
+    out["top_ops"] = top_ops(arms["profile"], settings["profiled_steps"])
     return out
 
 
@@ -214,79 +248,78 @@ def run(quick: bool = False) -> dict:
     profile = get_profile("cpu")
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         source, data = _prepare_data(s, profile.image_size, Path(tmp))
-        peak_runs = {p: [mm_peak(s["peak_calls"], s["peak_n"], dt)] for p, dt in
-                     (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-        models = {}
-        for name in MODELS:
-            peaks = {p: max(r["median"] for r in runs) for p, runs in peak_runs.items()}
-            models[name] = _bench_model(name, profile.for_model(name), data, s, peaks)
-            models[name]["train_crop"] = profile.for_model(name).train_crop
-        for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            peak_runs[p].append(mm_peak(s["peak_calls"], s["peak_n"], dt))
-    peaks = {p: max(r["median"] for r in runs) for p, runs in peak_runs.items()}
+        peak_runs = [mm_peak(s["peak_calls"], s["peak_n"], torch.bfloat16)]
+        models = {name: _bench_model(name, profile.for_model(name), data, s, peak_runs[0]["median"])
+                  for name in MODELS}
+        peak_runs.append(mm_peak(s["peak_calls"], s["peak_n"], torch.bfloat16))
+    peak = max(r["median"] for r in peak_runs)
     for m in models.values():  # the machine's limit: the better of the measurements at the start and the end
-        for arm in (m["fp32_nchw"], m["today"], m["profile"]):
-            arm["peak_gflops"] = peaks[arm["precision"]]
-            arm["fraction_of_peak"] = arm["gflops"] / arm["peak_gflops"]
+        for key in ("previous", "profile", "prebuilt"):
+            m[key]["peak_gflops"] = peak
+            m[key]["fraction_of_peak"] = m[key]["gflops"] / peak
     return {
         "benchmark": "train",
         "quick": quick,
         "data": source,
         "train_images": len(data),
         "image_size": profile.image_size,
-        "train_crop": {name: m["train_crop"] for name, m in models.items()},  # what each network's step sees
         "width": profile.width,
-        "batch_size": profile.batch_size,
         "profile_precision": profile.precision,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "rounds": s["rounds"], "steps_per_round": s["steps"], "warmup_per_round": s["warmup"],
-        "peak_gflops": peaks,
+        "profiled_steps": s["profiled_steps"],
+        "peak_gflops": {"bf16": peak},
         "peak_runs": peak_runs,
-        "targets": {"speedup": TARGET_RATIO, "speedup_vs_today": TARGET_VS_TODAY,
-                    "data_wait_fraction": TARGET_DATA_WAIT},
+        "previous": PREVIOUS,
+        "targets": {"speedup_vs_previous": TARGET_VS_PREVIOUS, "fraction_of_peak": TARGET_FRACTION_OF_PEAK},
         "models": models,
         "notes": [
             "images_per_s and gflops cover whole steps, data wait included; data_wait_fraction is the share of "
-            "the step spent blocked on the next batch (the batch is prepared in a background thread)",
-            "FLOPs count convolutions and matrix products (FlopCounterMode); BatchNorm, ReLU, additions and the "
-            "optimizer are not counted, yet they take a large share of a width-0.25 network's step",
-            "peak_gflops: median torch.mm rate per precision, the better of a measurement at the start and at "
-            "the end of the run",
-            "compile_s: the profile arm's first step, torch.compile's compilation included (once per process; "
-            "train_model pays it once per call), not part of its images_per_s",
+            "the step spent blocked on the next batch (prepared in a background thread, which shares the 2 cores)",
+            "prebuilt: the profile arm's network and step on batches augmented before the timer started; "
+            "augmentation_cost = 1 - live / prebuilt images/s",
+            "FLOPs count convolutions and matrix products (FlopCounterMode) at each arm's crop; BatchNorm, ReLU, "
+            "additions and the optimizer are not counted, yet they take a large share of a width-0.25 network's step "
+            "(top_ops)",
+            "peak_gflops: median bf16 torch.mm rate, the better of a measurement at the start and at the end",
+            "compile_s: each compiled arm's first step, compilation included (once per process), not timed",
         ],
         "wall_s": time.perf_counter() - t_start,
     }
 
 
 def format_table(result: dict) -> str:
-    """The result as the bench-train table of docs/performance.md (Markdown)."""
+    """The result as the bench-train block of docs/performance.md (Markdown): the arms, then the top operators."""
     r = result
-    crops = r.get("train_crop", r["image_size"])
-    crops = (", ".join(f"{name} {side} px" for name, side in crops.items()) if isinstance(crops, dict) else f"{crops} px")
-    lines = [f"`cpu` profile's training step (crops: {crops}; width {r['width']}, batch {r['batch_size']}, "
-             f"{r['torch_threads']} threads, {r['data']} data{', quick run' if r.get('quick') else ''}); matmul peak "
-             f"of this run: **{r['peak_gflops']['fp32']:.0f} GFLOP/s fp32, {r['peak_gflops']['bf16']:.0f} GFLOP/s "
-             "bf16** (2048×2048 `torch.mm`).", "",
-             "| model | setting | images/s | vs fp32 NCHW | vs today | GFLOP/s | fraction of the peak of its precision "
-             "| data wait |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"`cpu` profile's training step (width {r['width']}, {r['torch_threads']} threads, {r['data']} data"
+             f"{', quick run' if r.get('quick') else ''}); bf16 matmul peak of this run: "
+             f"**{r['peak_gflops']['bf16']:.0f} GFLOP/s** (2048×2048 `torch.mm`).", "",
+             "| model | setting | crop | batch | images/s | vs previous | GFLOP/s | fraction of the bf16 peak "
+             "| data wait |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    labels = {"previous": "previous profile", "profile": "the profile", "prebuilt": "the profile, batches built beforehand"}
     for name, m in r["models"].items():
-        today = m.get("today")
-        for key in ("fp32_nchw", "today", "profile"):
-            if key not in m:
-                continue
+        for key in ("previous", "profile", "prebuilt"):
             a = m[key]
-            label = (f"{a['precision']}, {'channels-last' if a['channels_last'] else 'NCHW'}"
-                     f"{', torch.compile' if a.get('compile') else ', eager'}")
-            label += {"fp32_nchw": "", "today": " (today)", "profile": " (the profile)"}[key]
-            if key == "profile" and m.get("compile_s") is not None:
-                label += f"; compiled in {m['compile_s']:.0f} s"
-            vs_fp32 = a["images_per_s"] / m["fp32_nchw"]["images_per_s"]
-            vs_today = f"{a['images_per_s'] / today['images_per_s']:.2f}×" if today else "–"
-            if key == "profile":
-                vs_today = f"**{vs_today}**"
-            lines.append(f"| {name} | {label} | {a['images_per_s']:.0f} | {vs_fp32:.2f}× | {vs_today} | {a['gflops']:.0f} "
-                         f"| {100 * a['fraction_of_peak']:.0f} % | {100 * a['data_wait_fraction']:.1f} % |")
+            label = (f"{labels[key]} ({a['precision']}, {'channels-last' if a['channels_last'] else 'NCHW'}, "
+                     f"{'torch.compile' if a['compile'] else 'eager'})")
+            ratio = a["images_per_s"] / m["previous"]["images_per_s"]
+            ratio_text = f"**{ratio:.2f}×**" if key == "profile" else f"{ratio:.2f}×"
+            lines.append(f"| {name} | {label} | {a['train_crop']} px | {a['batch_size']} | {a['images_per_s']:.0f} | "
+                         f"{ratio_text} | {a['gflops']:.0f} | {100 * a['fraction_of_peak']:.0f} % | "
+                         f"{100 * a['data_wait_fraction']:.1f} % |")
+    for name, m in r["models"].items():
+        if m.get("compile_s"):
+            lines += ["", f"{name}: compiled in " + ", ".join(f"{v:.0f} s ({labels[k]})" for k, v in m["compile_s"].items())
+                      + f"; the augmentation thread costs the live step {100 * m['augmentation_cost']:.0f} % of the "
+                      "prebuilt one's images/s."]
+        else:
+            lines += ["", f"{name}: the augmentation thread costs the live step {100 * m['augmentation_cost']:.0f} % "
+                      "of the prebuilt one's images/s."]
+    for name, m in r["models"].items():
+        lines += ["", f"Top operators of {name}'s step in the profile's setting (`torch.profiler`, own CPU time per step):",
+                  "", "| operator | calls per step | ms per step | share |", "| --- | --- | --- | --- |"]
+        for op in m["top_ops"]:
+            lines.append(f"| `{op['op'][:60]}` | {op['calls_per_step']:.0f} | {1000 * op['self_cpu_s']:.1f} | "
+                         f"{100 * op['share']:.1f} % |")
     return "\n".join(lines)

@@ -45,7 +45,7 @@ def tune(name: str, overrides: dict, models: tuple[str, ...] = ("resnet50", "bag
             "val_acc": m["val"]["acc"], "adapted": m.get("adapted"),  # the evaluated network's (adapted where it was)
             "test_acc": m["test"]["acc"], "test_loss": m["test"]["loss"], "train_acc_eval_transform": m["train"]["acc"],
             "median_epoch_seconds": seconds[len(seconds) // 2],
-            "val_acc_by_epoch": [round(v, 4) for v in hist["val_acc"]],
+            "val_acc_by_epoch": [None if v != v else round(v, 4) for v in hist["val_acc"]],  # None: not validated
             "load_average_at_end": round(os.getloadavg()[0], 2),
             "data": "$BAGNET_DATA" if os.environ.get("BAGNET_DATA") else "default data folder",
             "split": "the paper's (manifest)" if manifest else "this project's, seeded",

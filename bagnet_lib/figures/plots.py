@@ -138,11 +138,12 @@ def plot_history(history: pd.DataFrame, out: str | Path | None = None, title: st
     fig = Figure(figsize=(10, 3.8))
     (a, b) = fig.subplots(1, 2)
     e = history["epoch"]
+    validated = history.dropna(subset=["val_acc"])  # the epochs training validated (`Profile.validates`)
     a.plot(e, history["train_loss"], "o-", ms=3, label="train (augmented batches)")
-    a.plot(e, history["val_loss"], "o-", ms=3, label="validation")
+    a.plot(validated["epoch"], validated["val_loss"], "o-", ms=3, label="validation")
     a.set_ylabel("cross-entropy (nats)")
     b.plot(e, history["train_acc"], "o-", ms=3, label="train (augmented batches)")
-    b.plot(e, history["val_acc"], "o-", ms=3, label="validation")
+    b.plot(validated["epoch"], validated["val_acc"], "o-", ms=3, label="validation")
     b.set_ylabel("accuracy")
     best = history.loc[history["val_acc"].idxmax()]
     b.axvline(best["epoch"], color="grey", ls=":", label=f"best val epoch {int(best['epoch'])} ({best['val_acc']:.3f})")

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from bagnet_lib.errors import UserError
+from bagnet_lib.nets.compiled import evaluation_backbone
 
 PRECISIONS = ("bf16", "fp32")
 # bagnetsv2's top-1 of the original BagNet-33 weights on ImageNet validation, by precision
@@ -89,10 +90,12 @@ def features_fp32(model: nn.Module, x: Tensor, precision: str) -> Tensor:
 
     Every evaluation (validation, test predictions, the logit cache, pixel blackout, the ImageNet study)
     goes through this one function, so the full and the blacked-out cases are computed alike; the linear
-    head then runs in fp32 on these features.
+    head then runs in fp32 on these features. Inside `compiled.compiled_evaluation(model)` a pass without
+    gradients runs the compiled backbone.
     """
+    backbone = evaluation_backbone(model) if not torch.is_grad_enabled() else None  # in `compiled_evaluation`
     with precision_scope(x.device, precision):
-        return model.features(x).float()
+        return (backbone(x) if backbone is not None else model.features(x)).float()
 
 
 def warn_reduced_precision(precision: str, what: str) -> None:

@@ -30,6 +30,12 @@ class Profile:
     schedule: str = "constant"  # "constant" | "cosine" (with linear warm-up)
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    norm_weight_decay: bool = True  # False: no weight decay on BatchNorm weights and biases (FFCV's `bn_wd: 0`)
+    # validation during training: every `val_every`-th epoch and each of the last `val_last` epochs (the last one
+    # always); the best validated epoch is kept. The best epoch has always been among the last (docs/profiles.md),
+    # and each validation pass is a forward pass over the validation split at the test size
+    val_every: int = 1
+    val_last: int = 0
     train_size: int | None = None  # side of the training crops (None: image_size); see `for_model`
     crop_scale_min: float = 0.08  # RandomResizedCrop's smallest crop area (torchvision's default 0.08)
     crop_scale_max: float = 1.0  # and its largest; below 1, crops show objects at the test images' size (FixRes)
@@ -59,6 +65,11 @@ class Profile:
                             f"on its own (the evaluation reads them from the profile itself). It can set: "
                             f"{', '.join(sorted(BAGNET_SETTINGS))}.")
 
+    def validates(self, epoch: int) -> bool:
+        """Whether training validates after epoch `epoch` (1-based): every `val_every`-th, the last `val_last`, the
+        final one."""
+        return epoch % max(1, self.val_every) == 0 or epoch > self.epochs - self.val_last or epoch >= self.epochs
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -84,8 +95,9 @@ class Profile:
 # What a BagNet may train with on its own (`bagnet_settings`): how it is trained and adapted, not how it is
 # evaluated (resolution, width, precision and the study's sample sizes are the run's, for every network).
 BAGNET_SETTINGS = frozenset({"epochs", "train_size", "crop_scale_min", "crop_scale_max", "lr", "momentum",
-                             "weight_decay", "warmup_epochs", "label_smoothing", "batch_size", "optimizer", "schedule",
-                             "zero_init_residual", "compile", "channels_last", "adapt_bn", "adapt_epochs"})
+                             "weight_decay", "norm_weight_decay", "warmup_epochs", "label_smoothing", "batch_size",
+                             "optimizer", "schedule", "zero_init_residual", "compile", "channels_last", "adapt_bn",
+                             "adapt_epochs", "val_every", "val_last"})
 # Fields read only after training (the blackout study's sample sizes, the FixRes adaptation); the BagNets'
 # own settings are already applied by `for_model` when a network is trained.
 AFTER_TRAINING = frozenset({"n_seeds", "curve_masks", "pixel_seeds", "adapt_bn", "adapt_epochs", "bagnet_settings"})
@@ -95,16 +107,19 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", image_size=64, width=0.125, epochs=1, batch_size=16, optimizer="sgd", lr=0.05,
                      weight_decay=5e-4, schedule="cosine", images_per_class=12, eval_batch_size=64,
                      n_seeds=3, curve_masks=5, pixel_seeds=1, precision="bf16", channels_last=True),
-    # cpu: tuned by validation accuracy within the 60-minute course budget (docs/profiles.md, "How the cpu profile
+    # cpu: tuned by validation accuracy within the course's time budget (docs/profiles.md, "How the cpu profile
     # was tuned"): 224 px evaluation (the paper's 24×24 BagNet-33 grid); FixRes training crops showing objects at
-    # about the test images' size, 128 px for ResNet-50, 144 px for the BagNets; then 2 epochs of the classifier and
+    # about the test images' size, 128 px for ResNet-50, 144 px for the BagNets; validation on every 5th epoch and
+    # the last 3; no weight decay on ResNet-50's BatchNorm weights and biases; then 2 epochs of the classifier and
     # the last BatchNorm at 224 px
     "cpu": Profile("cpu", image_size=224, train_size=128, width=0.25, epochs=45, batch_size=32,
-                   optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine", warmup_epochs=1,
-                   label_smoothing=0.1, crop_scale_min=0.16, crop_scale_max=0.5, zero_init_residual=True,
-                   eval_batch_size=16, n_seeds=30, curve_masks=100, pixel_seeds=3, precision="bf16",
-                   channels_last=True, compile=True, adapt_epochs=2,
-                   bagnet_settings={"epochs": 40, "train_size": 144, "crop_scale_min": 0.2, "crop_scale_max": 0.6}),
+                   optimizer="sgd", lr=0.05, weight_decay=5e-4, norm_weight_decay=False, schedule="cosine",
+                   warmup_epochs=1, label_smoothing=0.1, crop_scale_min=0.16, crop_scale_max=0.5,
+                   zero_init_residual=True, val_every=5, val_last=3, eval_batch_size=16, n_seeds=30,
+                   curve_masks=100, pixel_seeds=3, precision="bf16", channels_last=True, compile=True,
+                   adapt_epochs=2,
+                   bagnet_settings={"epochs": 40, "train_size": 144, "crop_scale_min": 0.2, "crop_scale_max": 0.6,
+                                    "norm_weight_decay": True}),
     "gpu": Profile("gpu", image_size=224, width=1.0, epochs=60, batch_size=64, optimizer="sgd", lr=0.1,
                    weight_decay=5e-4, schedule="cosine", warmup_epochs=2, label_smoothing=0.1,
                    eval_batch_size=128, n_seeds=100, curve_masks=200, pixel_seeds=10, precision="bf16",

@@ -47,6 +47,7 @@ from bagnet_lib.data.tensors import (
 from bagnet_lib.errors import UserError
 from bagnet_lib.faults import fault_point
 from bagnet_lib.io import atomic_write, remove_stale_temporaries
+from bagnet_lib.nets.compiled import CompiledOrEager
 from bagnet_lib.nets.distributed import World, all_sum, barrier, eval_block, gather_cat, trace_batch, world
 from bagnet_lib.nets.metrics import accuracy, cross_entropy
 from bagnet_lib.nets.precision import features_fp32, ieee_fp32, precision_scope, resolve_precision
@@ -85,40 +86,6 @@ def use_compile(model: nn.Module, device: torch.device, requested: bool) -> bool
     return requested and (device.type == "cuda" or getattr(model, "is_bagnet", False))
 
 
-class CompiledOrEager(nn.Module):
-    """`module` run through `torch.compile`, or eagerly where compilation cannot work (no C++ compiler,
-    an unsupported CPU or Python): the first call compiles; if that fails, this says why once and runs
-    `module` itself from then on. Compilation traces with fake tensors, so a failed first call has changed
-    nothing (no BatchNorm statistics, no weights) and the same batch is simply run eagerly.
-
-    `compile_s` is the first call's duration (compilation included); `fallback` the reason, if any.
-    """
-
-    def __init__(self, module: nn.Module, verbose: bool = True):
-        super().__init__()
-        self.module = module
-        self._compiled = torch.compile(module)
-        self.verbose = verbose
-        self.compile_s: float | None = None
-        self.fallback: str | None = None
-
-    def forward(self, *args, **kwargs):
-        if self.compile_s is not None:
-            return (self.module if self.fallback else self._compiled)(*args, **kwargs)
-        t0 = time.perf_counter()
-        try:
-            out = self._compiled(*args, **kwargs)
-        except Exception as exc:  # the compiler's many failure types; a true model error recurs eagerly below
-            self.fallback = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
-            if self.verbose:
-                print(f"[train] torch.compile is not available here ({self.fallback}); training eagerly.")
-            out = self.module(*args, **kwargs)
-        self.compile_s = time.perf_counter() - t0
-        if self.verbose and not self.fallback:
-            print(f"[train] torch.compile: the first step took {self.compile_s:.0f} s (compilation included)")
-        return out
-
-
 @dataclass
 class TrainResult:
     """What a training run leaves behind."""
@@ -150,8 +117,14 @@ def _lr_lambda(profile: Profile, steps_per_epoch: int):
 
 
 def make_optimizer(model: nn.Module, profile: Profile) -> torch.optim.Optimizer:
-    """SGD (momentum) or AdamW over the parameters that require gradients."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD (momentum) or AdamW over the parameters that require gradients; without `norm_weight_decay`, the
+    BatchNorm weights and all biases (the one-dimensional parameters) are in a group of their own without weight
+    decay (FFCV's ResNet-50 recipe, `bn_wd: 0`): decaying a BatchNorm scale only rescales what follows it."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    params: list = trained
+    if not profile.norm_weight_decay:
+        params = [{"params": [p for p in trained if p.dim() > 1]},
+                  {"params": [p for p in trained if p.dim() <= 1], "weight_decay": 0.0}]
     if profile.optimizer == "sgd":
         return torch.optim.SGD(params, lr=profile.lr, momentum=profile.momentum, weight_decay=profile.weight_decay)
     if profile.optimizer == "adamw":
@@ -273,7 +246,8 @@ def train_on_batch(model: nn.Module, optimizer: torch.optim.Optimizer, images: T
 def train_model(model: nn.Module, train: ImageTensors, val: ImageTensors, profile: Profile, out_dir: str | Path,
                 name: str, seed: int = 0, device: str | torch.device | None = None,
                 progress: bool = True, history_path: str | Path | None = None) -> TrainResult:
-    """Train `model` on `train`, validating on `val` after each epoch; resumes from `out_dir`.
+    """Train `model` on `train`, validating on `val` after the epochs the profile names (`Profile.validates`: by
+    default every one); resumes from `out_dir`.
 
     The per-epoch history goes to `history_path` (default `out_dir/<name>_history.csv`). Under torchrun
     every rank calls this with the same arguments (see the module docstring). An fp32 run (the `paper`
@@ -353,13 +327,16 @@ def _train(model: nn.Module, train: ImageTensors, val: ImageTensors, profile: Pr
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
             fault_point("after_batch")
         loss_sum, correct, seen = all_sum([loss_sum, correct, seen])  # the global batch's numbers (as is: 1 rank)
-        val_logits = predict_as_trained(model, val_images, profile, device)  # model: already in place and layout
+        val_loss = val_acc = math.nan  # an epoch the profile does not validate (`Profile.validates`)
+        if profile.validates(epoch + 1):
+            val_logits = predict_as_trained(model, val_images, profile, device)  # model: already in place and layout
+            val_loss, val_acc = cross_entropy(val_logits, val.labels), accuracy(val_logits, val.labels)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "val_loss": cross_entropy(val_logits, val.labels), "val_acc": accuracy(val_logits, val.labels),
-               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+               "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - t0}
         history.append(row)
         trained_with.append({"world_size": w.size, "backend": w.backend})
-        if row["val_acc"] > best["val_acc"]:  # every rank decides alike: the validation logits are gathered
+        if not math.isnan(val_acc) and val_acc > best["val_acc"]:  # every rank decides alike: the validation logits are gathered
             best = {"epoch": epoch + 1, "val_acc": row["val_acc"]}
             if w.main:
                 model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -376,8 +353,9 @@ def _train(model: nn.Module, train: ImageTensors, val: ImageTensors, profile: Pr
         fault_point("after_epoch")
         if progress and w.main:
             tqdm.write(f"{name} epoch {epoch + 1}/{profile.epochs}: train loss {row['train_loss']:.3f} "
-                       f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} "
-                       f"| {row['seconds']:.0f}s")
+                       f"acc {row['train_acc']:.3f} | "
+                       + (f"val loss {val_loss:.3f} acc {val_acc:.3f}" if not math.isnan(val_acc) else "not validated")
+                       + f" | {row['seconds']:.0f}s")
     barrier()  # rank 0's checkpoints are on disk before any rank reads them
     compiled = net if isinstance(net, CompiledOrEager) else None
     return TrainResult(pd.DataFrame(history), best["epoch"], best["val_acc"], best_path, start_epoch, trained_with,
