@@ -223,11 +223,12 @@ def _bench_model(name: str, profile, data: ImageTensors, settings: dict, peak: f
         arms["profile"].run(settings["warmup"], settings["steps"], prebuilt=True)
     out = {"compile_s": compile_s or None,
            "compile_fallback": next((a.net.fallback for a in arms.values() if a.compile and a.net.fallback), None)}
+    flops_of = {key: step_flops(name, arm.profile, data) for key, arm in arms.items()}  # once per setting
     for key, arm, prebuilt in (("previous", arms["previous"], False), ("profile", arms["profile"], False),
                                ("prebuilt", arms["profile"], True)):
         t = arm.timers[prebuilt]
         p = arm.profile
-        flops = step_flops(name, p, data)
+        flops = flops_of["profile" if prebuilt else key]
         per_s = t.images / t.total_s
         gflops = flops / p.batch_size * per_s / 1e9
         out[key] = {"train_crop": p.train_crop, "batch_size": p.batch_size, "precision": arm.precision,

@@ -67,7 +67,7 @@ class _Backbone(nn.Module):
 
 
 _COMPILED: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, CompiledOrEager]]" = weakref.WeakKeyDictionary()
-_ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_ACTIVE: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()  # model → verbose
 
 
 def _state_version(model: nn.Module) -> tuple:
@@ -83,13 +83,10 @@ def evaluation_backbone(model: nn.Module) -> CompiledOrEager | None:
     version = _state_version(model)
     kept = _COMPILED.get(model)
     if kept is None or kept[0] != version:  # first use, or the weights changed since: compile again
-        verbose = kept[1].verbose if kept else _ACTIVE_VERBOSE.get(model, False)
-        kept = (version, CompiledOrEager(_Backbone(model), verbose, what="evaluation", options={"freezing": True}))
+        kept = (version, CompiledOrEager(_Backbone(model), _ACTIVE[model], what="evaluation",
+                                         options={"freezing": True}))
         _COMPILED[model] = kept
     return kept[1]
-
-
-_ACTIVE_VERBOSE: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
 @contextmanager
@@ -103,9 +100,8 @@ def compiled_evaluation(model: nn.Module, enabled: bool = True, verbose: bool = 
     if not enabled:
         yield
         return
-    _ACTIVE.add(model)
-    _ACTIVE_VERBOSE[model] = verbose
+    _ACTIVE[model] = verbose
     try:
         yield
     finally:
-        _ACTIVE.discard(model)
+        _ACTIVE.pop(model, None)
