@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "into results/seeds.csv and the write-up")
     e.add_argument("--data-dir", default=None, help="the dataset on this machine, where it is not at the run's own path")
     e.add_argument("--nproc", type=int, default=None, help="train each seed with torchrun on this many processes")
+    h = sub.add_parser("changes", help="what a republished run changed: every verdict, the accuracies and the drop "
+                                       "curve before and after, into <after>/changes.md")
+    h.add_argument("--before", required=True,
+                   help="the previous round's results: REV:results/<profile> read from git, or a folder")
+    h.add_argument("--after", default="results/cpu", help="the republished results folder (default results/cpu)")
+    h.add_argument("--out", default=None, help="where to write (default <after>/changes.md)")
     return parser
 
 
@@ -228,6 +234,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "imagenet":
         return _imagenet(args, progress)
+    if args.command == "changes":
+        return _changes(args)
     from bagnet_lib.blackout import study
     from bagnet_lib.course import pipeline
     from bagnet_lib.nets.models import MODEL_NAMES
@@ -316,6 +324,20 @@ def _reference(args: argparse.Namespace, progress: bool) -> int:
           f"split, laid out in {time.perf_counter() - t0:.0f} s. Open the notebooks with RUN_DIR = "
           f"\"{os.path.relpath(run.run_dir.resolve(), REPO / 'notebooks')}\": 02 and 03 skip training, 04 and 05 run on "
           "them (`make lab` opens this run by default).")
+    return 0
+
+
+def _changes(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bagnet_lib.writeup.changes import from_git, write_changes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        before, label = Path(args.before), args.before
+        if not before.is_dir() and ":" in args.before:
+            before, label = from_git(args.before, tmp), f"git {args.before}"
+        out = write_changes(before, args.after, label, args.after, args.out)
+    print(f"written to {out}")
     return 0
 
 

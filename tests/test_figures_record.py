@@ -141,3 +141,27 @@ def test_every_figure_of_notebook_04_but_the_explorer_has_a_finding():
     code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
     for name in views.FINDINGS:  # the notebook prints each one under its figure
         assert f'views.finding(run, "{name}"' in code, name
+
+
+def test_blackout_kinds_draws_bands_that_exclude_their_mean():
+    """The reference run of issue 37 failed here: equal accuracies minus the baseline average to a hair below their
+    band, and `errorbar` refuses negative error lengths. A skewed set of masks puts the mean outside its 95 % band
+    honestly; the bars must still span exactly that band."""
+    from bagnet_lib.figures import plots
+    from bagnet_lib.nets.metrics import spread
+
+    rows = []
+    for frac in (0.25, 0.5, 0.75):
+        accs = [0.1 + 0.2] * 7 if frac == 0.25 else [0.7] * 99 + [0.0]  # 0.25: rounding; 0.5/0.75: skewed
+        rows += [{"kind": "random", "model": "bagnet33", "aggregation": "mean", "drop_frac": frac, "acc": a,
+                  "experiment": "paper"} for a in accs]
+    runs = pd.DataFrame(rows)
+    skewed = [0.7] * 99 + [0.0]
+    assert sum(skewed) / len(skewed) < spread(skewed)[0]  # the case errorbar cannot draw
+    fig = plots.plot_blackout_kinds(runs, None, baselines={"bagnet33": 0.1})
+    ax = fig.axes[0]
+    (segments,) = [c.get_segments() for c in ax.collections if len(c.get_segments()) == 3]
+    lo, hi = spread([a - 0.1 for a in skewed])
+    assert [s[:, 1].min() for s in segments][1:] == pytest.approx([lo, lo]) and segments[1][:, 1].max() == pytest.approx(hi)
+    mean_line = next(line for line in ax.get_lines() if line.get_label().startswith("BagNet"))
+    assert mean_line.get_ydata()[1] == pytest.approx(sum(skewed) / len(skewed) - 0.1)

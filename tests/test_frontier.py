@@ -139,8 +139,8 @@ def test_the_frontier_figure_labels_every_point_with_its_setting():
     texts = sorted(t.get_text() for t in ax.texts)
     assert texts == sorted(["5%", "50%", "≥1", "112px", "BagNet-33", "ResNet-50"])  # dense stars: the network's name
     handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
-    random = handles["BagNet-33: kept patches, random (label: % of patches kept)"].lines[0]
-    pixels = handles["ResNet-50: fewer pixels (dense) (label: test image size)"].lines[0]
+    random = handles["BagNet-33: kept patches, random (label: % of patches kept)"]
+    pixels = handles["ResNet-50: fewer pixels (dense) (label: test image size)"]
     assert random.get_marker() != pixels.get_marker()  # the marker says the network, the colour the method
     assert random.get_color() != pixels.get_color()
     legend = [t.get_text() for t in ax.figure.legends[0].texts]

@@ -58,6 +58,14 @@ def to_hwc(image: Tensor) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------- 01: data
+def interval_bars(ax, x, low, high, **errorbar_kw):
+    """Vertical bars from `low` to `high` at `x`, drawn as given. `errorbar`'s yerr is measured from the plotted
+    point, so it refuses a point outside its interval, which happens honestly: a mean outside the band where 95 % of
+    its values lie (a skewed spread), or a difference of equal numbers rounded a bit below its band."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    return ax.errorbar(np.asarray(x, dtype=float), (low + high) / 2, yerr=(high - low) / 2, fmt="none", **errorbar_kw)
+
+
 def plot_split_counts(split: pd.DataFrame, out: str | Path | None = None, title: str | None = None) -> Figure:
     """Images per class and split, with the counts written on the bars (the paper's Fig. 1)."""
     counts = split.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"],
@@ -319,9 +327,9 @@ def plot_blackout_kinds(runs: pd.DataFrame, out: str | Path | None = None,
             continue
         stats = g.groupby("drop_frac")["acc"].agg(list).map(lambda v, m=model: [a - baselines.get(m, 0.0) for a in v])
         means = [np.mean(v) for v in stats]
-        cis = [spread(v) for v in stats]
-        err = np.array([[m - lo for m, (lo, _) in zip(means, cis)], [hi - m for m, (_, hi) in zip(means, cis)]])
-        ax.errorbar(stats.index * 100, means, yerr=err, marker="o", capsize=3, label=label)
+        lows, highs = zip(*(spread(v) for v in stats))
+        (line,) = ax.plot(stats.index * 100, means, marker="o", label=label)
+        interval_bars(ax, stats.index * 100, lows, highs, color=line.get_color(), capsize=3)
     if baselines and paper:
         fracs = sorted(paper)
         ax.plot([f * 100 for f in fracs], [paper[f][0] for f in fracs], label=paper_label, **PAPER_STYLE)
@@ -486,10 +494,11 @@ def plot_frontier(points: pd.DataFrame, out: str | Path | None = None,
     xy, labels, colors = [], [], []
     for (model, method), g in points.groupby(["model", "method"], sort=False):
         dense = method == "dense"
-        ax.errorbar(g["gflops_per_image"], g["acc"], yerr=[g["acc"] - g["acc_ci_low"], g["acc_ci_high"] - g["acc"]],
-                    fmt="*" if dense else marker_of[model], ms=13 if dense else 5, capsize=2, alpha=0.8, elinewidth=0.8,
-                    color=color_of[method], label=f"{model_label(model)}: {method}"
-                    + (f" (label: {FRONTIER_PARAMETERS[method][0]})" if method in FRONTIER_PARAMETERS else ""))
+        ax.plot(g["gflops_per_image"], g["acc"], linestyle="none", marker="*" if dense else marker_of[model],
+                ms=13 if dense else 5, alpha=0.8, color=color_of[method], label=f"{model_label(model)}: {method}"
+                + (f" (label: {FRONTIER_PARAMETERS[method][0]})" if method in FRONTIER_PARAMETERS else ""))
+        interval_bars(ax, g["gflops_per_image"], g["acc_ci_low"], g["acc_ci_high"], color=color_of[method], capsize=2,
+                      alpha=0.8, elinewidth=0.8)
         for r in g.itertuples():
             xy.append((r.gflops_per_image, r.acc))
             labels.append(model_label(model) if dense else frontier_label(method, r.parameter))

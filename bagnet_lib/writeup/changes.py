@@ -1,0 +1,232 @@
+"""What a republished reference run changed: every verdict, the headline accuracies and the drop curve, before → after.
+
+A round that changes the recipe republishes `results/<profile>/`; the previous files stay in git. This module reads
+two published results folders (their `summary.json`, `seeds.csv` and `timings.json`) and writes one Markdown page
+that sets them side by side, so that "what the new recipe changed" is read from the files, not retold:
+
+- the course's time per notebook (`timings.json`);
+- both networks' test accuracy, seed 0 and the mean over the seed study's seeds;
+- every verdict of seed 0 (claim, reading, measure), and each verdict over the seeds;
+- the seed table's numbers (blackout changes, pixel blackout, the loss fit), as means over the seeds;
+- the drop curve: the BagNet's mean test accuracy and loss at each fraction of patches dropped.
+
+`python -m bagnet_lib changes --before REV:results/cpu` writes `results/<profile>/changes.md` (its only writer): the
+"before" side is read from git at REV (`from_git`), or from a folder (`--before DIR`). The page records where the
+"before" side came from, so a test regenerates it from git and compares.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from bagnet_lib.errors import UserError
+from bagnet_lib.io import write_text
+from bagnet_lib.writeup.seeds import NUMBERS, SEEDS_CSV, verdict_key, verdict_name
+
+CHANGES_MD = "changes.md"
+NETWORK_NAMES = {"resnet50": "ResNet-50", "bagnet9": "BagNet-9", "bagnet17": "BagNet-17", "bagnet33": "BagNet-33"}
+
+
+def _load(folder: Path) -> dict:
+    """summary.json, timings.json and seeds.csv of one published results folder."""
+    path = folder / "summary.json"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: `changes` compares two published results folders (each holding "
+                        "summary.json, and timings.json and seeds.csv where the run had them), e.g. results/cpu and the "
+                        "previous round's copy of it (`git archive <rev> results/cpu | tar -x -C /tmp/before`).")
+    timings = folder / "timings.json"
+    seeds_csv = folder / SEEDS_CSV
+    seeds = pd.read_csv(seeds_csv, keep_default_na=False, na_values=[""]) if seeds_csv.is_file() else None
+    return {"summary": json.loads(path.read_text()),
+            "timings": json.loads(timings.read_text()) if timings.is_file() else {},
+            "seeds": seeds}
+
+
+def from_git(spec: str, dest: str | Path, repo: str | Path = ".") -> Path:
+    """Write the published files of `spec` ("REV:results/cpu") as git holds them at REV into `dest`; return `dest`."""
+    rev, _, folder = spec.partition(":")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.json", "timings.json", SEEDS_CSV):
+        proc = subprocess.run(["git", "show", f"{rev}:{folder.rstrip('/')}/{name}"], cwd=repo, capture_output=True)
+        if proc.returncode == 0:
+            (dest / name).write_bytes(proc.stdout)
+        elif name == "summary.json":
+            raise UserError(f"git cannot show {rev}:{folder}/summary.json in {Path(repo).resolve()} "
+                            f"({proc.stderr.decode().strip()}). Pass a revision and folder that git holds, e.g. "
+                            "HEAD~1:results/cpu, or a folder with --before DIR.")
+    return dest
+
+
+def _fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _delta(before: float | None, after: float | None, digits: int = 3) -> str:
+    if before is None or after is None or math.isnan(before) or math.isnan(after):
+        return "—"
+    return f"{after - before:+.{digits}f}"
+
+
+def _timings_section(b: dict, a: dict) -> list[str]:
+    names = sorted(set(b) | set(a))
+    lines = ["## The course's time (`timings.json`, seconds)", "", "| notebook | before | after | after / before |",
+             "| --- | ---: | ---: | ---: |"]
+    for n in names:
+        tb, ta = b.get(n), a.get(n)
+        ratio = f"{ta / tb:.2f}" if tb and ta else "—"
+        lines.append(f"| {n} | {_fmt(tb, 0)} | {_fmt(ta, 0)} | {ratio} |")
+    if b and a:
+        sb, sa = sum(b.values()), sum(a.values())
+        lines.append(f"| **total** | **{sb:.0f}** ({sb / 60:.1f} min) | **{sa:.0f}** ({sa / 60:.1f} min) | "
+                     f"**{sa / sb:.2f}** |")
+    return lines
+
+
+def _seed_means(seeds: pd.DataFrame | None) -> dict[str, float]:
+    if seeds is None:
+        return {}
+    return {col: float(pd.to_numeric(seeds[col], errors="coerce").mean()) for col in [*NUMBERS, "course_minutes"]
+            if col in seeds}
+
+
+def _accuracy_section(b: dict, a: dict) -> list[str]:
+    bag_b, bag_a = b["summary"]["bagnet"], a["summary"]["bagnet"]
+    mb, ma = _seed_means(b["seeds"]), _seed_means(a["seeds"])
+    nb = len(b["seeds"]) if b["seeds"] is not None else 0
+    na = len(a["seeds"]) if a["seeds"] is not None else 0
+    lines = ["## Test accuracy", "",
+             f"Seed 0 is the reference run; the mean is over the seed study's seeds (before: {nb}, after: {na}).", "",
+             "| network | seed 0 before | seed 0 after | change | seed mean before | seed mean after | change |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key_b, key_a, col in (("resnet50", "resnet50", "resnet50_test_acc"), (bag_b, bag_a, "bagnet_test_acc")):
+        sb, sa = b["summary"][key_b]["test"]["acc"], a["summary"][key_a]["test"]["acc"]
+        name = NETWORK_NAMES.get(key_a, key_a)
+        lines.append(f"| {name} | {_fmt(sb)} | {_fmt(sa)} | {_delta(sb, sa)} | {_fmt(mb.get(col))} | "
+                     f"{_fmt(ma.get(col))} | {_delta(mb.get(col), ma.get(col))} |")
+    return lines
+
+
+def _verdict_label(key: tuple[str, str, str], claim: str) -> str:
+    claim_text, reading, measure = claim, key[1], key[2]
+    reading = "compute, BagNet only" if reading == "within" else reading
+    return f"{claim_text} — {reading}" + (f", {measure}" if measure else "")
+
+
+def _verdicts_section(b: dict, a: dict) -> list[str]:
+    before = {verdict_key(v): v for v in b["summary"]["verdicts"]}
+    after = {verdict_key(v): v for v in a["summary"]["verdicts"]}
+    keys = list(after) + [k for k in before if k not in after]
+    lines = ["## Seed 0's verdicts", "",
+             "A claim, reading or measure present on one side only was added or split this round (\"—\" on the other).",
+             "", "| claim — reading | before | after | changed |", "| --- | --- | --- | --- |"]
+    for k in keys:
+        vb, va = before.get(k), after.get(k)
+        claim = (va or vb)["claim"]
+        changed = "—" if vb is None or va is None else ("**yes**" if vb["verdict"] != va["verdict"] else "no")
+        lines.append(f"| {_verdict_label(k, claim)} | {vb['verdict'] if vb else '—'} | {va['verdict'] if va else '—'} "
+                     f"| {changed} |")
+    return lines
+
+
+def _verdict_columns(seeds: pd.DataFrame | None) -> dict[str, str]:
+    """Each verdict column of a seed table → its verdicts over the seeds, e.g. "supported (0, 1), inconclusive (2)"."""
+    if seeds is None:
+        return {}
+    out = {}
+    for col in (c for c in seeds.columns if c.startswith("verdict_")):
+        groups: dict[str, list[str]] = {}
+        for seed, v in zip(seeds["seed"], seeds[col].fillna("")):
+            groups.setdefault(str(v) or "—", []).append(str(int(seed)))
+        out[verdict_name(col)] = "; ".join(f"{v} ({', '.join(s)})" for v, s in groups.items())
+    return out
+
+
+def _seed_verdicts_section(b: dict, a: dict) -> list[str]:
+    vb, va = _verdict_columns(b["seeds"]), _verdict_columns(a["seeds"])
+    if not vb and not va:
+        return []
+    lines = ["## Verdicts over the seeds (`seeds.csv`; the seeds in brackets)", "",
+             "| claim, reading | before | after |", "| --- | --- | --- |"]
+    for name in list(va) + [n for n in vb if n not in va]:
+        lines.append(f"| {name} | {vb.get(name, '—')} | {va.get(name, '—')} |")
+    return lines
+
+
+def _seed_numbers_section(b: dict, a: dict) -> list[str]:
+    mb, ma = _seed_means(b["seeds"]), _seed_means(a["seeds"])
+    if not mb and not ma:
+        return []
+    lines = ["## The seed table's numbers, mean over the seeds", "",
+             "Blackout rows are changes of test accuracy (masked − all kept), paired on the same network.", "",
+             "| number | before | after | change |", "| --- | ---: | ---: | ---: |"]
+    for col, name in NUMBERS.items():
+        if col in ("resnet50_test_acc", "bagnet_test_acc"):
+            continue  # in the accuracy table
+        digits = 4 if col == "loss_null_c" else (1 if col == "bagnet_pareto_points" else 3)
+        lines.append(f"| {name} | {_fmt(mb.get(col), digits)} | {_fmt(ma.get(col), digits)} | "
+                     f"{_delta(mb.get(col), ma.get(col), digits)} |")
+    return lines
+
+
+def _curve(summary: dict) -> dict[float, dict]:
+    return {round(r["drop_frac"], 4): r for r in summary.get("drop_curve", [])
+            if r["aggregation"] == "mean" and r["model"] == summary["bagnet"]}
+
+
+def _drop_curve_section(b: dict, a: dict) -> list[str]:
+    cb, ca = _curve(b["summary"]), _curve(a["summary"])
+    if not cb and not ca:
+        return []
+    name = NETWORK_NAMES.get(a["summary"]["bagnet"], a["summary"]["bagnet"])
+    lines = [f"## The drop curve (seed 0, {name}, patch logits left out of the mean, mean over the masks)", "",
+             "| fraction dropped | acc before | acc after | change | loss before | loss after | change |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for f in sorted(set(cb) | set(ca)):
+        rb, ra = cb.get(f, {}), ca.get(f, {})
+        acc_b, acc_a, loss_b, loss_a = rb.get("acc_mean"), ra.get("acc_mean"), rb.get("loss_mean"), ra.get("loss_mean")
+        lines.append(f"| {f:.2f} | {_fmt(acc_b)} | {_fmt(acc_a)} | {_delta(acc_b, acc_a)} | {_fmt(loss_b)} | "
+                     f"{_fmt(loss_a)} | {_delta(loss_b, loss_a)} |")
+    # the curve's shape without the starting point: accuracy lost from nothing dropped
+    drops = []
+    for label, curve in (("before", cb), ("after", ca)):
+        if 0.0 in curve and curve:
+            top = max(curve)
+            drops.append(f"{label}: {curve[0.0]['acc_mean'] - curve[top]['acc_mean']:.3f} lost from 0 to {top:.2f} dropped")
+    if drops:
+        lines += ["", "Accuracy lost along the curve, " + "; ".join(drops) + "."]
+    return lines
+
+
+def compare_published(before: str | Path, after: str | Path, before_label: str, after_label: str) -> str:
+    """The Markdown page comparing two published results folders (see the module docstring)."""
+    b, a = _load(Path(before)), _load(Path(after))
+    sb, sa = b["summary"], a["summary"]
+    if (sb["profile"], sb["bagnet"]) != (sa["profile"], sa["bagnet"]):
+        raise UserError(f"{before} is profile {sb['profile']!r} with {sb['bagnet']}, {after} is profile "
+                        f"{sa['profile']!r} with {sa['bagnet']}: `changes` compares two rounds of the same course. "
+                        "Pass the previous round's folder of the same profile.")
+    setting_changes = [f"- `{k}`: {json.dumps(sb['setting'].get(k))} → {json.dumps(sa['setting'].get(k))}"
+                       for k in sorted(set(sb["setting"]) | set(sa["setting"]))
+                       if sb["setting"].get(k) != sa["setting"].get(k)]
+    parts = [[f"# What this round changed in the `{sa['profile']}` reference run", "",
+              "<!-- generated by `python -m bagnet_lib changes`; do not edit -->", "",
+              f"- before: `{before_label}`", f"- after: `{after_label}`", "",
+              "Settings that differ in `summary.json`'s `setting` (the profile's other fields are in docs/profiles.md):",
+              "", *(setting_changes or ["- none"])],
+             _timings_section(b["timings"], a["timings"]), _accuracy_section(b, a), _verdicts_section(b, a),
+             _seed_verdicts_section(b, a), _seed_numbers_section(b, a), _drop_curve_section(b, a)]
+    return "\n\n".join("\n".join(p) for p in parts if p) + "\n"
+
+
+def write_changes(before: str | Path, after: str | Path, before_label: str, after_label: str,
+                  out: str | Path | None = None) -> Path:
+    """Write the comparison to `out` (default: AFTER/changes.md) and return its path."""
+    out = Path(out) if out is not None else Path(after) / CHANGES_MD
+    return write_text(out, compare_published(before, after, before_label, after_label))
