@@ -114,9 +114,9 @@ def _accuracy_section(b: dict, a: dict) -> list[str]:
 
 
 def _verdict_label(key: tuple[str, str, str], claim: str) -> str:
-    claim_text, reading, measure = claim, key[1], key[2]
+    _, reading, measure = key
     reading = "compute, BagNet only" if reading == "within" else reading
-    return f"{claim_text} — {reading}" + (f", {measure}" if measure else "")
+    return f"{claim} — {reading}" + (f", {measure}" if measure else "")
 
 
 def _verdicts_section(b: dict, a: dict) -> list[str]:
@@ -196,7 +196,7 @@ def _drop_curve_section(b: dict, a: dict) -> list[str]:
     # the curve's shape without the starting point: accuracy lost from nothing dropped
     drops = []
     for label, curve in (("before", cb), ("after", ca)):
-        if 0.0 in curve and curve:
+        if 0.0 in curve:
             top = max(curve)
             drops.append(f"{label}: {curve[0.0]['acc_mean'] - curve[top]['acc_mean']:.3f} lost from 0 to {top:.2f} dropped")
     if drops:
