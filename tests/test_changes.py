@@ -52,6 +52,8 @@ def test_every_kind_of_change_is_reported(tmp_path):
     for r in summary["drop_curve"]:
         if r["aggregation"] == "mean" and abs(r["drop_frac"] - 0.5) < 1e-9:
             r["acc_mean"] += 0.1
+        if r["aggregation"] == "mean" and abs(r["drop_frac"] - 0.25) < 1e-9:
+            r["acc_mean"] -= 1e-5  # rounds to no change: printed "+0.000", never "-0.000"
     summary["setting"]["epochs"] = {"resnet50": 1, "bagnet33": 2}
     (after / "summary.json").write_text(json.dumps(summary))
     timings = json.loads((after / "timings.json").read_text())
@@ -70,6 +72,7 @@ def test_every_kind_of_change_is_reported(tmp_path):
     curve_row = _row(page, "| 0.50 |")
     assert re.search(r"\| \+0\.100 \|", curve_row), curve_row
     assert _row(page, "| 0.25 |").count("+0.000") == 2  # the other fractions unchanged
+    assert "-0.000" not in page
     assert "changed for seed 2 (2)" in _row(page, "| (a) model |")
 
 

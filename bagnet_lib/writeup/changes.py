@@ -65,13 +65,14 @@ def from_git(spec: str, dest: str | Path, repo: str | Path = ".") -> Path:
 def _fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
+    x = round(x, digits) + 0.0  # a change that rounds to zero prints "+0.000", not "-0.000"
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
 def _delta(before: float | None, after: float | None, digits: int = 3) -> str:
     if before is None or after is None or math.isnan(before) or math.isnan(after):
         return "—"
-    return f"{after - before:+.{digits}f}"
+    return _fmt(after - before, digits, signed=True)
 
 
 def _timings_section(b: dict, a: dict) -> list[str]:
