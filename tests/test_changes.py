@@ -74,6 +74,25 @@ def test_every_kind_of_change_is_reported(tmp_path):
     assert _row(page, "| 0.25 |").count("+0.000") == 2  # the other fractions unchanged
     assert "-0.000" not in page
     assert "changed for seed 2 (2)" in _row(page, "| (a) model |")
+    assert "- not compared: the before and after side ships no `networks/networks.json`" in page
+
+
+def _ship_training(folder: Path, **training) -> None:
+    (folder / "networks").mkdir()
+    (folder / "networks" / "networks.json").write_text(json.dumps({"profile": "cpu", "training": training}))
+
+
+def test_the_training_settings_are_compared_where_both_rounds_shipped_networks(tmp_path):
+    before, after = _copy(tmp_path / "before"), _copy(tmp_path / "after")
+    _ship_training(after, lr=0.05, val_every=5, norm_weight_decay=False)
+    page = compare_published(before, after, "b", "a")
+    assert "- not compared: the before side ships no `networks/networks.json`" in page
+    _ship_training(before, lr=0.05, val_every=1, norm_weight_decay=True)
+    page = compare_published(before, after, "b", "a")
+    section = page.split("Training settings that differ")[1].split("##")[0]
+    assert [line for line in section.splitlines() if line.startswith("- ")] == [
+        "- `norm_weight_decay`: true → false", "- `val_every`: 1 → 5"]
+    assert "`lr`" not in section  # unchanged settings are not listed
 
 
 def test_bad_folders_are_one_paragraph(tmp_path):
