@@ -60,6 +60,7 @@ def test_every_kind_of_change_is_reported(tmp_path):
     (after / "timings.json").write_text(json.dumps({k: v / 2 for k, v in timings.items()}))
     seeds = pd.read_csv(after / "seeds.csv", keep_default_na=False, na_values=[""])
     seeds.loc[seeds["seed"] == 2, "verdict_a_model"] = "changed for seed 2"
+    seeds.loc[seeds["seed"] == 1, "resnet50_test_acc"] += 0.02
     seeds.to_csv(after / "seeds.csv", index=False)
 
     page = compare_published(before, after, "git X:results/cpu", "results/cpu")
@@ -74,7 +75,10 @@ def test_every_kind_of_change_is_reported(tmp_path):
     assert _row(page, "| 0.25 |").count("+0.000") == 2  # the other fractions unchanged
     assert "-0.000" not in page
     assert "changed for seed 2 (2)" in _row(page, "| (a) model |")
-    assert "- not compared: the before and after side ships no `networks/networks.json`" in page
+    assert _row(page, "| ResNet-50 | 1 |").endswith("| +0.020 |")
+    assert _row(page, f"| ResNet-50 | mean ({len(seeds)} seeds) |").endswith(f"| {0.02 / len(seeds):+.3f} |")
+    assert _row(page, "| BagNet-33 | 1 |").endswith("| +0.000 |")
+    assert "- not compared: neither side ships `networks/networks.json`" in page
 
 
 def _ship_training(folder: Path, **training) -> None:

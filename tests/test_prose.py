@@ -79,6 +79,16 @@ def test_false_sentences_are_caught_with_what_is_true(sentence, stated):
     assert "`" in found[0][1]  # the truth names the profile it was read from
 
 
+def test_the_previous_round_may_be_cited_as_the_changes_page_records_it(repo_copy):
+    known = prose.known_numbers(repo_copy)
+    earlier = next(f"0.{i:03d}" for i in range(700, 1000) if f"0.{i:03d}" not in known)  # a number no file holds
+    sentence = MEASURED.format(earlier)
+    assert prose.check_sentence(sentence, known)  # not citable until a published page records it
+    page = repo_copy / "results" / "cpu" / "changes.md"
+    page.write_text(f"| BagNet-33 | 0 | {earlier} | 0.758 | -0.001 |\n")
+    assert prose.check_sentence(sentence, prose.known_numbers(repo_copy)) == []
+
+
 def test_the_tuning_history_may_cite_recorded_runs_but_nothing_else(repo_copy):
     record = json.loads((repo_copy / "results" / "tuning" / "cpu.json").read_text())
     history = prose.tuning_record(repo_copy)

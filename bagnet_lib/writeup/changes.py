@@ -86,8 +86,9 @@ def _training_section(b: dict | None, a: dict | None) -> list[str]:
     head = [f"Training settings that differ (`{NETWORKS_JSON}`'s `training`: the profile the networks trained with):", ""]
     missing = [side for side, t in (("before", b), ("after", a)) if t is None]
     if missing:
-        return head + [f"- not compared: the {' and '.join(missing)} side ships no `{NETWORKS_JSON}` (rounds before "
-                       "issue 36 shipped no networks); docs/profiles.md says what each round changed in the profile"]
+        who = "neither side ships" if len(missing) == 2 else f"the {missing[0]} side ships no"
+        return head + [f"- not compared: {who} `{NETWORKS_JSON}` (rounds before issue 36 shipped no networks); "
+                       "docs/profiles.md says what each round changed in the profile"]
     diffs = [f"- `{k}`: {json.dumps(b.get(k))} → {json.dumps(a.get(k))}" for k in sorted(set(b) | set(a))
              if b.get(k) != a.get(k)]
     return head + (diffs or ["- none"])
@@ -115,20 +116,29 @@ def _seed_means(seeds: pd.DataFrame | None) -> dict[str, float]:
             if col in seeds}
 
 
+def _seed_accuracies(side: dict, summary_key: str, col: str) -> dict[str, float]:
+    """Test accuracy of one network by seed ("0", "1", …; seed 0 from summary.json), and "mean" over the seed table."""
+    out = {"0": side["summary"][summary_key]["test"]["acc"]}
+    seeds = side["seeds"]
+    if seeds is not None and col in seeds:
+        accs = pd.to_numeric(seeds[col], errors="coerce")
+        out.update({str(int(s)): float(v) for s, v in zip(seeds["seed"], accs) if int(s) != 0})
+        out[f"mean ({len(seeds)} seeds)"] = float(accs.mean())
+    return out
+
+
 def _accuracy_section(b: dict, a: dict) -> list[str]:
-    bag_b, bag_a = b["summary"]["bagnet"], a["summary"]["bagnet"]
-    mb, ma = _seed_means(b["seeds"]), _seed_means(a["seeds"])
-    nb = len(b["seeds"]) if b["seeds"] is not None else 0
-    na = len(a["seeds"]) if a["seeds"] is not None else 0
     lines = ["## Test accuracy", "",
-             f"Seed 0 is the reference run; the mean is over the seed study's seeds (before: {nb}, after: {na}).", "",
-             "| network | seed 0 before | seed 0 after | change | seed mean before | seed mean after | change |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for key_b, key_a, col in (("resnet50", "resnet50", "resnet50_test_acc"), (bag_b, bag_a, "bagnet_test_acc")):
-        sb, sa = b["summary"][key_b]["test"]["acc"], a["summary"][key_a]["test"]["acc"]
+             "Seed 0 is the reference run, the other seeds the seed study's (`seeds.csv`); \"—\": that round has no such seed.",
+             "", "| network | seed | before | after | change |", "| --- | --- | ---: | ---: | ---: |"]
+    for key_b, key_a, col in (("resnet50", "resnet50", "resnet50_test_acc"),
+                              (b["summary"]["bagnet"], a["summary"]["bagnet"], "bagnet_test_acc")):
+        sb, sa = _seed_accuracies(b, key_b, col), _seed_accuracies(a, key_a, col)
         name = NETWORK_NAMES.get(key_a, key_a)
-        lines.append(f"| {name} | {_fmt(sb)} | {_fmt(sa)} | {_delta(sb, sa)} | {_fmt(mb.get(col))} | "
-                     f"{_fmt(ma.get(col))} | {_delta(mb.get(col), ma.get(col))} |")
+        rows = list(dict.fromkeys([*sa, *sb]))
+        rows.sort(key=lambda r: (r.startswith("mean"), r))  # the seeds, then the means
+        for r in rows:
+            lines.append(f"| {name} | {r} | {_fmt(sb.get(r))} | {_fmt(sa.get(r))} | {_delta(sb.get(r), sa.get(r))} |")
     return lines
 
 

@@ -12,7 +12,8 @@ around them is typed, so it can. This module reads the hand-written text of the 
   networks). Within a sentence, a number belongs to the network named last before it (ResNet-50 or a BagNet);
 - a measured number: a decimal with three or four places (an accuracy, a loss) or a number with a unit of
   measurement (GFLOP/s, images/s, GFLOPs, minutes, ×) must be one that a published results file holds
-  (`known_numbers`: `results/**/*.json`, the seed table) or the paper's own Table 1.
+  (`known_numbers`: `results/**/*.json`, the seed table, the previous round as `results/<profile>/changes.md`
+  records it) or the paper's own Table 1.
 
 `check_repository` returns one `Finding` per false sentence, naming the file, the sentence, what it states and
 what is true; the test suite fails on any. A sentence that must say something else (history, another program's
@@ -212,8 +213,9 @@ def _numbers_in(value, out: set[str]) -> None:
 
 
 def known_numbers(root: Path) -> set[str]:
-    """Every number a published results file holds (JSON under results/ but `UNCITED` lists, the seed tables) and
-    the paper's Table 1, each as written with 0 to 4 decimals."""
+    """Every number a published results file holds (JSON under results/ but `UNCITED` lists, the seed tables, the
+    before/after page `changes.md` that records the previous round) and the paper's Table 1, each as written with 0 to
+    4 decimals."""
     out: set[str] = set()
     _numbers_in(PAPER_TABLE1, out)
     for path in sorted((root / "results").rglob("*.json")):
@@ -223,6 +225,9 @@ def known_numbers(root: Path) -> set[str]:
         _numbers_in(data, out)
         if path.name == "timings.json":  # the course's minutes: all notebooks, and the training notebooks
             _numbers_in([sum(data.values()) / 60, *(t / 60 for t in data.values())], out)
+    for path in sorted((root / "results").glob("*/changes.md")):  # the previous round's numbers, as `changes` read them
+        for number in re.findall(r"(?<![\w.])\d+\.\d+", path.read_text()):
+            _numbers_in(float(number), out)
     for path in sorted((root / "results").glob("*/seeds.csv")):
         with path.open() as f:
             for row in csv.DictReader(f):
