@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from bagnet_lib.errors import UserError
-from bagnet_lib.writeup.changes import CHANGES_MD, compare_published, from_git
+from bagnet_lib.writeup.changes import CHANGES_MD, _merged, compare_published, from_git
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "cpu"
@@ -79,6 +79,13 @@ def test_every_kind_of_change_is_reported(tmp_path):
     assert _row(page, f"| ResNet-50 | mean ({len(seeds)} seeds) |").endswith(f"| {0.02 / len(seeds):+.3f} |")
     assert _row(page, "| BagNet-33 | 1 |").endswith("| +0.000 |")
     assert "- not compared: neither side ships `networks/networks.json`" in page
+
+
+def test_a_verdict_split_since_stands_beside_what_replaced_it():
+    after = ["(a) model", "(d) patch, loss", "(d) patch, accuracy", "(e) compute"]
+    before = ["(a) model", "(d) patch", "(e) compute", "(f) dropped"]
+    assert _merged(after, before, lambda n: n[:3]) == [
+        "(a) model", "(d) patch, loss", "(d) patch, accuracy", "(d) patch", "(e) compute", "(f) dropped"]
 
 
 def _ship_training(folder: Path, **training) -> None:

@@ -142,6 +142,17 @@ def _accuracy_section(b: dict, a: dict) -> list[str]:
     return lines
 
 
+def _merged(after: list, before: list, claim_of) -> list:
+    """The rows of both rounds in the "after" order; a row only "before" has (a verdict split or renamed since) goes
+    after the last row of its claim ("(d)"), so that it stands beside what replaced it."""
+    rows = list(after)
+    for row in before:
+        if row not in rows:
+            same = [i for i, r in enumerate(rows) if claim_of(r) == claim_of(row)]
+            rows.insert(same[-1] + 1 if same else len(rows), row)
+    return rows
+
+
 def _verdict_label(key: tuple[str, str, str], claim: str) -> str:
     _, reading, measure = key
     reading = "compute, BagNet only" if reading == "within" else reading
@@ -151,7 +162,7 @@ def _verdict_label(key: tuple[str, str, str], claim: str) -> str:
 def _verdicts_section(b: dict, a: dict) -> list[str]:
     before = {verdict_key(v): v for v in b["summary"]["verdicts"]}
     after = {verdict_key(v): v for v in a["summary"]["verdicts"]}
-    keys = list(after) + [k for k in before if k not in after]
+    keys = _merged(list(after), list(before), lambda k: (after.get(k) or before[k])["claim"][:3])
     lines = ["## Seed 0's verdicts", "",
              "A claim, reading or measure present on one side only was added or split this round (\"—\" on the other).",
              "", "| claim — reading | before | after | changed |", "| --- | --- | --- | --- |"]
@@ -183,7 +194,7 @@ def _seed_verdicts_section(b: dict, a: dict) -> list[str]:
         return []
     lines = ["## Verdicts over the seeds (`seeds.csv`; the seeds in brackets)", "",
              "| claim, reading | before | after |", "| --- | --- | --- |"]
-    for name in list(va) + [n for n in vb if n not in va]:
+    for name in _merged(list(va), list(vb), lambda n: n[:3]):
         lines.append(f"| {name} | {vb.get(name, '—')} | {va.get(name, '—')} |")
     return lines
 
@@ -230,6 +241,7 @@ def _drop_curve_section(b: dict, a: dict) -> list[str]:
             drops.append(f"{label}: {curve[0.0]['acc_mean'] - curve[top]['acc_mean']:.3f} lost from 0 to {top:.2f} dropped")
     if drops:
         lines += ["", "Accuracy lost along the curve, " + "; ".join(drops) + "."]
+    lines += ["", "Every change is taken before rounding: +0.000 may sit between values that round apart."]
     return lines
 
 
