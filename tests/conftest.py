@@ -13,10 +13,11 @@ PAPER_SPLIT = SHARED / "data" / "flowers_paper_split.csv"
 
 
 def shared_flowers() -> Path | None:
-    """The real dataset: $BAGNET_DATA if it holds the flowers, else ../shared/data/flowers, else None."""
+    """The real dataset: $BAGNET_DATA if it holds the flowers, else ../shared/data/flowers, else None; absolute, so
+    that a relative $BAGNET_DATA means the same folder to the notebooks, which run in notebooks/."""
     for cand in (os.environ.get("BAGNET_DATA"), SHARED / "data" / "flowers"):
         if cand and (Path(cand) / "daisy").is_dir():
-            return Path(cand)
+            return Path(cand).resolve()
     return None
 
 
